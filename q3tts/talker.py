@@ -1,0 +1,99 @@
+"""The talker: a Qwen3 decoder that predicts codebook 0 of the 12 Hz codec, one frame per step.
+
+Each input position is the sum of a text-track vector (text embedding -> 2-layer MLP) and a
+codec-track vector (codec embedding); the code predictor for codebooks 1..15 lives inside it
+because the official weights nest it under `talker.code_predictor`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .code_predictor import CodePredictor
+from .config import TalkerConfig
+from .layers import Block, KVCache, RMSNorm, rope_tables
+
+
+class TextProjection(nn.Module):
+    """text_hidden_size -> hidden, with biases (`Qwen3TTSTalkerResizeMLP` in the official names)."""
+
+    def __init__(self, text_hidden: int, hidden: int):
+        super().__init__()
+        self.linear_fc1 = nn.Linear(text_hidden, text_hidden, bias=True)
+        self.linear_fc2 = nn.Linear(text_hidden, hidden, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_fc2(F.silu(self.linear_fc1(x)))
+
+
+class TalkerBody(nn.Module):
+    def __init__(self, cfg: TalkerConfig):
+        super().__init__()
+        self.codec_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.text_embedding = nn.Embedding(cfg.text_vocab_size, cfg.text_hidden_size)
+        self.layers = nn.ModuleList(
+            Block(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.num_attention_heads,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+                cfg.rms_norm_eps,
+            )
+            for _ in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Talker(nn.Module):
+    def __init__(self, cfg: TalkerConfig):
+        super().__init__()
+        if cfg.hidden_act != "silu":
+            raise ValueError(f"talker hidden_act '{cfg.hidden_act}' is not supported (only silu)")
+        self.cfg = cfg
+        self.model = TalkerBody(cfg)
+        self.text_projection = TextProjection(cfg.text_hidden_size, cfg.hidden_size)
+        self.codec_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.code_predictor = CodePredictor(cfg.code_predictor, cfg.hidden_size)
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [..., T] -> text-track vectors [..., T, hidden]."""
+        return self.text_projection(self.model.text_embedding(ids))
+
+    def embed_codec(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.codec_embedding(ids)
+
+    def embed_frame(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [..., G] (all codebooks of a frame) -> the summed codec-track vector [..., hidden]."""
+        out = self.model.codec_embedding(codes[..., 0])
+        for k, emb in enumerate(self.code_predictor.model.codec_embedding):
+            out = out + emb(codes[..., k + 1])
+        return out
+
+    def forward(
+        self,
+        embeds: torch.Tensor,  # [B, T, hidden]
+        positions: torch.Tensor,  # [B, T] RoPE positions (left-padded rows start later)
+        mask: Optional[torch.Tensor] = None,  # bool [B, 1, T, S]; None = causal, no padding
+        caches: Optional[list[KVCache]] = None,
+        input_pos: Optional[torch.Tensor] = None,  # [T] cache slots
+    ) -> torch.Tensor:
+        """Returns the final normed hidden states [B, T, hidden]; `codec_head` turns them into logits."""
+        rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        x = embeds
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, rope, mask, caches[i] if caches is not None else None, input_pos)
+        return self.model.norm(x)
+
+    def new_caches(self, batch: int, length: int, device=None, dtype=None) -> list[KVCache]:
+        w = self.codec_head.weight
+        return [
+            KVCache.empty(
+                batch, self.cfg.num_key_value_heads, length, self.cfg.head_dim, device or w.device, dtype or w.dtype
+            )
+            for _ in self.model.layers
+        ]

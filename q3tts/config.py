@@ -261,6 +261,11 @@ class CodecEncoderConfig:
     def __post_init__(self):
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.frame_rate is None:  # as MimiConfig derives it: the SEANet hop times the stride-2 downsample
+            hop = 1
+            for r in self.upsampling_ratios:
+                hop *= r
+            self.frame_rate = self.sampling_rate / (2 * hop)
 
 
 @dataclass

@@ -87,7 +87,7 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,  # [B, T, hidden]
         rope: tuple[torch.Tensor, torch.Tensor],
-        mask: Optional[torch.Tensor],  # bool [B or 1, 1, T, S], True = may attend; None = plain causal
+        mask: Optional[torch.Tensor],  # bool [B or 1, 1, T, S<=cache length], True = may attend; None = causal
         cache: Optional[KVCache] = None,
         input_pos: Optional[torch.Tensor] = None,  # [T] cache slots, required with a cache
     ) -> torch.Tensor:
@@ -101,6 +101,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(input_pos, k, v)
+            if mask is not None:  # attend only over the slots the mask covers (the filled prefix)
+                k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
         rep = self.heads // self.kv_heads
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .code_predictor import CodePredictor
 from .config import TalkerConfig
-from .layers import Block, KVCache, RMSNorm, rope_tables
+from .layers import Block, KVCache, RMSNorm, causal_mask, rope_tables
 
 
 class TextProjection(nn.Module):
@@ -97,3 +97,29 @@ class Talker(nn.Module):
             )
             for _ in self.model.layers
         ]
+
+
+@torch.no_grad()
+def random_init_(talker: Talker, generator: torch.Generator) -> None:
+    """Random weights whose greedy outputs are varied (for test and benchmark checkpoints):
+    unit-variance embeddings, fan-in-scaled linears, norms near 1."""
+    for name, p in talker.named_parameters():
+        if name.endswith("norm.weight"):
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=generator))
+        elif name.endswith("bias"):
+            p.copy_(0.02 * torch.randn(p.shape, generator=generator))
+        elif "embedding" in name:
+            p.copy_(torch.randn(p.shape, generator=generator))
+        else:
+            p.copy_(torch.randn(p.shape, generator=generator) / p.shape[-1] ** 0.5)
+
+
+def left_padded_inputs(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE positions [B, T] and attention mask [B, 1, T, T] for a left-padded prefill.
+
+    Real tokens count from 0 at the first non-pad; pads get position 1, as in the official
+    code (their values never reach a real token because the mask hides them)."""
+    valid = attention_mask.bool()
+    positions = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)
+    slots = torch.arange(valid.shape[1], device=valid.device)
+    return positions, causal_mask(slots, slots, key_valid=valid)

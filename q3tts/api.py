@@ -1,0 +1,439 @@
+"""The public Python API, with the method names and return shapes of the official package.
+
+    tts = Qwen3TTS.from_pretrained("Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice")
+    wavs, sr = tts.generate_custom_voice("Hello!", speaker="Vivian", language="English")
+    for chunk in tts.stream("Hello!", speaker="Vivian"):   # audio while it is generated
+        ...
+
+`stream` is the primitive: the batch calls drain it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .audio import SAMPLE_RATE, AudioError, load_audio, mel_spectrogram
+from .engine import Engine, length_cap
+from .model import Checkpoint, load_checkpoint
+from .prompt import Prompt, Utterance, build_prompt
+from .sampling import SamplingOptions
+
+MIN_REFERENCE_SECONDS = 1.0
+MAX_REFERENCE_SECONDS = 60.0
+SILENCE_RMS = 1e-4  # a reference quieter than this (about -80 dBFS) carries no voice
+
+MaybeList = Union[str, Sequence[str], None]
+
+
+class InputError(ValueError):
+    """Invalid input to a synthesis call (unknown speaker, empty text, unusable reference, ...)."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        # bf16 on GPUs; float32 on CPU, where it is exact and bf16 matmuls are rarely faster.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+    if dtype not in names:
+        raise ValueError(f"unknown dtype '{dtype}', expected one of {sorted(names)}")
+    return names[dtype]
+
+
+# ----------------------------------------------------------------------------------------------
+# Voice clone prompts
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VoiceClonePromptItem:
+    """A reusable cloned voice: the x-vector, plus reference codes and transcript in ICL mode."""
+
+    ref_code: Optional[torch.Tensor]  # [T, 16] int64, None in x-vector-only mode
+    ref_spk_embedding: torch.Tensor  # [hidden]
+    x_vector_only_mode: bool
+    icl_mode: bool
+    ref_text: Optional[str] = None
+
+    def save(self, path: str | Path, model_kind: str = "base", model_hidden: Optional[int] = None) -> None:
+        """Write a `.safetensors` voice file (tensors + metadata), atomically."""
+        from safetensors.torch import save_file
+
+        tensors = {"ref_spk_embedding": self.ref_spk_embedding.detach().float().cpu().contiguous()}
+        if self.ref_code is not None:
+            tensors["ref_code"] = self.ref_code.detach().long().cpu().contiguous()
+        meta = {
+            "format": "q3tts-voice-prompt",
+            "version": "1",
+            "x_vector_only_mode": json.dumps(self.x_vector_only_mode),
+            "icl_mode": json.dumps(self.icl_mode),
+            "ref_text": json.dumps(self.ref_text),
+            "hidden_size": str(self.ref_spk_embedding.shape[-1]),
+        }
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "VoiceClonePromptItem":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != "q3tts-voice-prompt":
+                    raise InputError(f"{path}: not a q3tts voice prompt file")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except InputError:
+            raise
+        except FileNotFoundError:
+            raise InputError(f"{path}: file not found") from None
+        except Exception as e:
+            raise InputError(f"{path}: not a readable voice prompt ({str(e).splitlines()[0]})") from None
+        return cls(
+            ref_code=tensors.get("ref_code"),
+            ref_spk_embedding=tensors["ref_spk_embedding"],
+            x_vector_only_mode=json.loads(meta["x_vector_only_mode"]),
+            icl_mode=json.loads(meta["icl_mode"]),
+            ref_text=json.loads(meta["ref_text"]),
+        )
+
+
+def _as_list(value, n: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1 and n > 1:
+            return list(value) * n
+        if len(value) != n:
+            raise InputError(f"batch size mismatch: {n} text(s) but {len(value)} {name}(s)")
+        return list(value)
+    return [value] * n
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+
+class Qwen3TTS:
+    """A loaded Qwen3-TTS checkpoint. Safe to share between threads: calls keep their state local."""
+
+    def __init__(self, path_or_repo: str | Path, device="auto", dtype="auto", codec_dtype=torch.float32, lazy=False):
+        self.source = path_or_repo
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.codec_dtype = resolve_dtype(codec_dtype, self.device)
+        self._checkpoint: Optional[Checkpoint] = None
+        self._engine: Optional[Engine] = None
+        if not lazy:
+            self.load()
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, device="auto", dtype="auto", **kwargs) -> "Qwen3TTS":
+        """Load a checkpoint folder or Hugging Face repo id. `dtype`: "auto" (bf16 on GPU, fp32 on
+        CPU), "float32", "bfloat16", "float16" or a torch.dtype. Unknown kwargs of the official
+        loader (device_map, attn_implementation, torch_dtype) are accepted for drop-in use."""
+        device = kwargs.pop("device_map", device)
+        dtype = kwargs.pop("torch_dtype", dtype)
+        kwargs.pop("attn_implementation", None)
+        return cls(path_or_repo, device=device, dtype=dtype, **kwargs)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def load(self) -> "Qwen3TTS":
+        if self._checkpoint is None:
+            ck = load_checkpoint(self.source, self.device, self.dtype, self.codec_dtype)
+            self._checkpoint, self._engine = ck, Engine(ck.networks, ck.config)
+        return self
+
+    def unload(self) -> None:
+        """Free the weights; the next call loads them again."""
+        self._checkpoint = self._engine = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @property
+    def loaded(self) -> bool:
+        return self._checkpoint is not None
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self.load()._checkpoint  # type: ignore[return-value]
+
+    @property
+    def engine(self) -> Engine:
+        return self.load()._engine  # type: ignore[return-value]
+
+    @property
+    def kind(self) -> str:
+        return self.checkpoint.config.tts_model_type
+
+    @property
+    def sample_rate(self) -> int:
+        return self.checkpoint.speech_tokenizer.sample_rate
+
+    # -- what the checkpoint supports ------------------------------------------------------------
+    def get_supported_speakers(self) -> Optional[list[str]]:
+        speakers = self.checkpoint.config.talker.spk_id
+        return sorted(s.lower() for s in speakers) if speakers else None
+
+    def get_supported_languages(self) -> list[str]:
+        langs = self.checkpoint.config.talker.codec_language_id
+        return sorted({"auto"} | {k.lower() for k in langs if "dialect" not in k})
+
+    def _require_kind(self, kind: str, what: str) -> None:
+        if self.kind != kind:
+            raise InputError(f"{what} needs a {kind} checkpoint; this one is {self.kind}")
+
+    def _check_language(self, language: Optional[str]) -> str:
+        lang = (language or "auto").lower()
+        if lang not in self.get_supported_languages():
+            raise InputError(f"unsupported language '{language}'; supported: {', '.join(self.get_supported_languages())}")
+        return lang
+
+    def _check_text(self, text) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("text is empty")
+        return text
+
+    # -- utterances ------------------------------------------------------------------------------
+    def _custom_voice_utterances(self, text, speaker, language, instruct, non_streaming_mode) -> list[Utterance]:
+        self._require_kind("custom_voice", "generate_custom_voice")
+        texts = [self._check_text(t) for t in (text if isinstance(text, (list, tuple)) else [text])]
+        n = len(texts)
+        speakers = _as_list(speaker, n, "speaker")
+        supported = self.get_supported_speakers() or []
+        for s in speakers:
+            if not s or s.lower() not in supported:
+                raise InputError(f"unknown speaker '{s}'; supported: {', '.join(supported)}")
+        instructs = _as_list(instruct, n, "instruct")
+        if (self.checkpoint.config.tts_model_size or "") == "0b6" and any(instructs):
+            # The 0.6B CustomVoice model was not trained with instructions (the official package
+            # drops them silently); say so instead.
+            raise InputError("the 0.6B CustomVoice model does not support instruct; use the 1.7B model")
+        langs = [self._check_language(lang) for lang in _as_list(language, n, "language")]
+        return [Utterance(t, lang, speaker=s, instruct=i or None, non_streaming_mode=non_streaming_mode)
+                for t, lang, s, i in zip(texts, langs, speakers, instructs)]  # fmt: skip
+
+    def _voice_design_utterances(self, text, instruct, language, non_streaming_mode) -> list[Utterance]:
+        self._require_kind("voice_design", "generate_voice_design")
+        texts = [self._check_text(t) for t in (text if isinstance(text, (list, tuple)) else [text])]
+        n = len(texts)
+        instructs = _as_list(instruct, n, "instruct")
+        langs = [self._check_language(lang) for lang in _as_list(language, n, "language")]
+        return [Utterance(t, lang, instruct=i or None, non_streaming_mode=non_streaming_mode)
+                for t, lang, i in zip(texts, langs, instructs)]  # fmt: skip
+
+    def _clone_utterances(self, text, language, ref_audio, ref_text, x_vector_only_mode, voice_clone_prompt,
+                          non_streaming_mode) -> list[Utterance]:  # fmt: skip
+        self._require_kind("base", "generate_voice_clone")
+        texts = [self._check_text(t) for t in (text if isinstance(text, (list, tuple)) else [text])]
+        n = len(texts)
+        if voice_clone_prompt is None:
+            if ref_audio is None:
+                raise InputError("voice cloning needs ref_audio or a voice_clone_prompt")
+            voice_clone_prompt = self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode)
+        if isinstance(voice_clone_prompt, (str, Path)):
+            voice_clone_prompt = [VoiceClonePromptItem.load(voice_clone_prompt)]
+        if isinstance(voice_clone_prompt, VoiceClonePromptItem):
+            voice_clone_prompt = [voice_clone_prompt]
+        if isinstance(voice_clone_prompt, dict):  # the official "dict of lists" form
+            d = voice_clone_prompt
+            voice_clone_prompt = [
+                VoiceClonePromptItem(rc, emb, xv, icl, rt)
+                for rc, emb, xv, icl, rt in zip(d["ref_code"], d["ref_spk_embedding"], d["x_vector_only_mode"],
+                                                d["icl_mode"], d.get("ref_text", [None] * len(d["ref_code"])))
+            ]  # fmt: skip
+        items = _as_list(list(voice_clone_prompt), n, "voice prompt")
+        hidden = self.checkpoint.config.talker.hidden_size
+        utts = []
+        for t, lang, item in zip(texts, _as_list(language, n, "language"), items):
+            if item.ref_spk_embedding.shape[-1] != hidden:
+                raise InputError(
+                    f"voice prompt was made for a model of hidden size {item.ref_spk_embedding.shape[-1]}, "
+                    f"this model has {hidden}"
+                )
+            icl = item.icl_mode and item.ref_code is not None
+            if icl and not item.ref_text:
+                raise InputError("in-context cloning needs ref_text (the transcript of the reference)")
+            utts.append(Utterance(t, self._check_language(lang), xvector=item.ref_spk_embedding,
+                                  ref_codes=item.ref_code if icl else None, ref_text=item.ref_text if icl else None,
+                                  non_streaming_mode=non_streaming_mode))  # fmt: skip
+        return utts
+
+    def create_voice_clone_prompt(self, ref_audio, ref_text=None, x_vector_only_mode=False) -> list[VoiceClonePromptItem]:
+        """Reference clip(s) -> reusable voice prompt items (x-vector, and codes + text for ICL)."""
+        self._require_kind("base", "create_voice_clone_prompt")
+        audios = list(ref_audio) if isinstance(ref_audio, list) else [ref_audio]
+        texts = _as_list(ref_text, len(audios), "ref_text")
+        modes = _as_list(x_vector_only_mode, len(audios), "x_vector_only_mode")
+        ck = self.checkpoint
+        items = []
+        for audio, text, xvec_only in zip(audios, texts, modes):
+            if not xvec_only and not (text and text.strip()):
+                raise InputError("ref_text is required for in-context cloning (or pass x_vector_only_mode=True)")
+            wav = self._reference_audio(audio)
+            with torch.inference_mode():
+                mel = mel_spectrogram(torch.from_numpy(wav)[None])
+                enc = ck.networks.speaker_encoder
+                emb = enc(mel.to(self.device, enc.fc.weight.dtype))[0]
+                codes = None
+                if not xvec_only:
+                    codes = ck.speech_tokenizer.encoder.encode_batch([wav])[0].to(self.device)
+            items.append(VoiceClonePromptItem(codes, emb, bool(xvec_only), not xvec_only, text))
+        return items
+
+    def _reference_audio(self, audio) -> np.ndarray:
+        if isinstance(audio, tuple) and len(audio) == 2 and isinstance(audio[1], (int, np.integer)):
+            wav = load_audio(audio)
+        elif isinstance(audio, np.ndarray):
+            raise InputError("pass reference audio as a path, bytes, or an (array, sample_rate) tuple")
+        else:
+            wav = load_audio(audio)
+        seconds = wav.shape[0] / SAMPLE_RATE
+        if seconds < MIN_REFERENCE_SECONDS:
+            raise InputError(f"reference audio is {seconds:.2f} s; at least {MIN_REFERENCE_SECONDS:g} s is needed")
+        if seconds > MAX_REFERENCE_SECONDS:
+            raise InputError(f"reference audio is {seconds:.1f} s; at most {MAX_REFERENCE_SECONDS:g} s is allowed")
+        if float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < SILENCE_RMS:
+            raise InputError("reference audio is silent")
+        return np.clip(wav, -1.0, 1.0)
+
+    # -- generation ------------------------------------------------------------------------------
+    def _options(self, kwargs) -> SamplingOptions:
+        kwargs = dict(kwargs)
+        try:
+            return SamplingOptions.from_defaults(self.checkpoint.generation, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise InputError(str(e)) from None
+
+    def _prompts(self, utts: list[Utterance]) -> list[Prompt]:
+        ck = self.checkpoint
+        return [build_prompt(ck.networks.talker, ck.config, ck.tokenizer, u) for u in utts]
+
+    def _caps(self, utts: list[Utterance]) -> list[int]:
+        tok = self.checkpoint.tokenizer
+        return [length_cap(len(tok.encode(u.text))) for u in utts]
+
+    def stream_batch(
+        self, utts: list[Utterance], chunk_frames: int = 4, first_chunk_frames: int = 1, **kwargs
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (row, audio chunk) as frames are generated; every row ends with an empty chunk.
+
+        Each row has its own causal codec state, so its chunks concatenate to exactly the offline
+        decode of its codes. An in-context clone's state starts from the reference codes, as the
+        official package decodes reference + generated codes and cuts the reference off."""
+        if chunk_frames < 1 or first_chunk_frames < 1:
+            raise InputError("chunk sizes must be at least 1 frame")
+        opts = self._options(kwargs)
+        prompts = self._prompts(utts)
+        generator = None
+        if opts.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(opts.seed)
+        decoder = self.checkpoint.speech_tokenizer.decoder
+        codec_device = next(decoder.parameters()).device
+        states = [decoder.new_stream(1) for _ in prompts]
+        for p, state in zip(prompts, states):
+            if p.ref_codes is not None:
+                decoder.decode_chunk(p.ref_codes.T[None].to(codec_device), state)
+        pending: list[list[torch.Tensor]] = [[] for _ in prompts]
+        sent = [0] * len(prompts)
+        ended = [False] * len(prompts)
+
+        def flush(row: int) -> np.ndarray:
+            codes = torch.stack(pending[row], dim=1)[None].to(codec_device)  # [1, G, n]
+            pending[row] = []
+            sent[row] += codes.shape[-1]
+            with torch.inference_mode():
+                wav = decoder.decode_chunk(codes, states[row])
+            return wav[0, 0].float().cpu().numpy()
+
+        for step in self.engine.frames(prompts, opts, self._caps(utts), generator):
+            for row in range(len(prompts)):
+                if ended[row]:
+                    continue
+                if not bool(step.emitted[row]):
+                    ended[row] = True
+                    if pending[row]:
+                        yield row, flush(row)
+                    yield row, np.zeros(0, dtype=np.float32)
+                    continue
+                pending[row].append(step.codes[row])
+                if len(pending[row]) >= (first_chunk_frames if sent[row] == 0 else chunk_frames):
+                    yield row, flush(row)
+        for row in range(len(prompts)):
+            if not ended[row]:
+                if pending[row]:
+                    yield row, flush(row)
+                yield row, np.zeros(0, dtype=np.float32)
+
+    def _synthesize(self, utts: list[Utterance], **kwargs) -> tuple[list[np.ndarray], int]:
+        parts: list[list[np.ndarray]] = [[] for _ in utts]
+        for row, chunk in self.stream_batch(utts, chunk_frames=kwargs.pop("chunk_frames", 25), **kwargs):
+            parts[row].append(chunk)
+        return [np.concatenate(p) if p else np.zeros(0, np.float32) for p in parts], self.sample_rate
+
+    def generate_custom_voice(self, text, speaker, language=None, instruct=None, non_streaming_mode=True, **kwargs):
+        """Speak `text` with a built-in speaker (CustomVoice). Returns (list of float32 arrays, sample rate)."""
+        return self._synthesize(self._custom_voice_utterances(text, speaker, language, instruct, non_streaming_mode),
+                                **kwargs)  # fmt: skip
+
+    def generate_voice_design(self, text, instruct, language=None, non_streaming_mode=True, **kwargs):
+        """Speak `text` in a voice described by `instruct` (VoiceDesign)."""
+        return self._synthesize(self._voice_design_utterances(text, instruct, language, non_streaming_mode), **kwargs)
+
+    def generate_voice_clone(self, text, language=None, ref_audio=None, ref_text=None, x_vector_only_mode=False,
+                             voice_clone_prompt=None, non_streaming_mode=False, **kwargs):  # fmt: skip
+        """Speak `text` in the voice of a reference clip or a saved voice prompt (Base)."""
+        utts = self._clone_utterances(text, language, ref_audio, ref_text, x_vector_only_mode, voice_clone_prompt,
+                                      non_streaming_mode)  # fmt: skip
+        return self._synthesize(utts, **kwargs)
+
+    def stream(self, text: str, *, speaker=None, instruct=None, language=None, ref_audio=None, ref_text=None,
+               x_vector_only_mode=False, voice_clone_prompt=None, non_streaming_mode=None, chunk_frames: int = 4,
+               first_chunk_frames: int = 1, **kwargs) -> Iterator[np.ndarray]:  # fmt: skip
+        """Yield float32 audio chunks for one text while it is being generated. The mode follows the
+        checkpoint: a speaker (CustomVoice), an instruct (VoiceDesign) or a reference (Base)."""
+        if self.kind == "custom_voice":
+            utts = self._custom_voice_utterances(text, speaker, language, instruct, non_streaming_mode is not False)
+        elif self.kind == "voice_design":
+            utts = self._voice_design_utterances(text, instruct, language, non_streaming_mode is not False)
+        else:
+            utts = self._clone_utterances(text, language, ref_audio, ref_text, x_vector_only_mode, voice_clone_prompt,
+                                          bool(non_streaming_mode))  # fmt: skip
+        if len(utts) != 1:
+            raise InputError("stream() takes one text; use the generate_* calls for batches")
+        for _, chunk in self.stream_batch(utts, chunk_frames, first_chunk_frames, **kwargs):
+            if chunk.size:
+                yield chunk
+
+    # -- codes, for the tokenizer API and tests ----------------------------------------------------
+    def generate_codes(self, utts: list[Utterance], **kwargs) -> list[torch.Tensor]:
+        """Greedy/sampled codes [T, G] per utterance, without decoding audio."""
+        opts = self._options(kwargs)
+        generator = torch.Generator(device=self.device).manual_seed(opts.seed) if opts.seed is not None else None
+        frames: list[list[torch.Tensor]] = [[] for _ in utts]
+        for step in self.engine.frames(self._prompts(utts), opts, self._caps(utts), generator):
+            for row in range(len(utts)):
+                if bool(step.emitted[row]):
+                    frames[row].append(step.codes[row])
+        G = self.checkpoint.config.talker.num_code_groups
+        return [torch.stack(f) if f else torch.zeros(0, G, dtype=torch.long) for f in frames]
+
+
+Qwen3TTSModel = Qwen3TTS  # the official package's class name, so switching is one import

@@ -1,0 +1,164 @@
+"""The generation loop: prefill, then one talker step and one code-predictor pass per frame.
+
+The engine owns no weights and keeps no per-call state on modules: every call allocates its own
+static KV caches, so one loaded model serves concurrent callers. `frames()` is the primitive: it
+yields each frame's 16 codes as soon as they exist; everything else (batch generation, audio
+streaming) drains it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from .config import ModelConfig
+from .layers import causal_mask
+from .model import TTSNetworks
+from .prompt import Prompt
+from .sampling import SamplingOptions, choose, penalise_repeats
+
+
+class LengthCapWarning(UserWarning):
+    """A generation reached its length cap without an end-of-speech token."""
+
+
+@dataclass
+class FrameStep:
+    codes: torch.Tensor  # [B, G] this step's frame for every row (rows not in `emitted` hold junk)
+    emitted: torch.Tensor  # bool [B]: rows for which `codes` is a real frame
+    hidden: torch.Tensor  # [B, hidden] talker hidden state that produced codebook 0
+
+
+def length_cap(text_tokens: int, frame_rate: float = 12.5) -> int:
+    """Frames a text of `text_tokens` tokens may take before we call the EOS missing.
+
+    Speech runs at roughly 2-5 tokens per second in every supported language; allowing 1.2 s
+    per token plus 4 s keeps every real utterance far inside the cap while bounding a runaway."""
+    return int(frame_rate * (4.0 + 1.2 * text_tokens))
+
+
+class Engine:
+    def __init__(self, networks: TTSNetworks, config: ModelConfig):
+        self.networks = networks
+        self.config = config
+        self.talker = networks.talker
+        self.predictor = networks.talker.code_predictor
+        t = config.talker
+        self.groups = t.num_code_groups
+        self.eos = t.codec_eos_token_id
+        # Only real codes and EOS may be sampled: the top 1024 ids are control/language/speaker ids.
+        suppress = torch.zeros(t.vocab_size, dtype=torch.bool)
+        suppress[t.vocab_size - 1024 :] = True
+        suppress[self.eos] = False
+        self.suppress = suppress.to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.talker.codec_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.talker.codec_head.weight.dtype
+
+    # ------------------------------------------------------------------------------------------
+    def _batch_prompts(self, prompts: list[Prompt]):
+        """Left-pad the prefills and right-pad the trailing text with each row's tts_pad vector."""
+        lengths = [p.prefill.shape[0] for p in prompts]
+        T = max(lengths)
+        H = prompts[0].prefill.shape[-1]
+        prefill = torch.zeros(len(prompts), T, H, dtype=self.dtype, device=self.device)
+        valid = torch.zeros(len(prompts), T, dtype=torch.bool, device=self.device)
+        L = max(p.trailing.shape[0] for p in prompts)
+        trailing = torch.empty(len(prompts), L, H, dtype=self.dtype, device=self.device)
+        for i, p in enumerate(prompts):
+            prefill[i, T - lengths[i] :] = p.prefill
+            valid[i, T - lengths[i] :] = True
+            trailing[i] = p.pad
+            trailing[i, : p.trailing.shape[0]] = p.trailing
+        pad = torch.stack([p.pad for p in prompts]).to(self.dtype)
+        return prefill, valid, trailing, pad
+
+    def _predict_rest(self, hidden: torch.Tensor, code0: torch.Tensor, opts, generator) -> torch.Tensor:
+        """Codebooks 1..G-1 for a frame. hidden [B, H] (talker), code0 [B] -> codes [B, G]."""
+        cp = self.predictor
+        caches = cp.new_caches(code0.shape[0])
+        x = torch.stack([hidden, self.talker.embed_codec(code0)], dim=1)
+        pos = torch.arange(2, device=self.device)
+        h = cp(x, pos, caches, pos)[:, -1]
+        codes = [code0]
+        for g in range(1, self.groups):
+            logits = cp.lm_head[g - 1](h).float()
+            nxt = choose(logits, opts.subtalker_greedy, opts.subtalker_temperature, opts.subtalker_top_k,
+                         opts.subtalker_top_p, generator)  # fmt: skip
+            codes.append(nxt)
+            if g == self.groups - 1:
+                break
+            pos = torch.tensor([g + 1], device=self.device)
+            h = cp(cp.embed_code(g, nxt)[:, None], pos, caches, pos)[:, -1]
+        return torch.stack(codes, dim=1)
+
+    def _choose_code0(self, logits, seen, step, opts, generator) -> torch.Tensor:
+        logits = penalise_repeats(logits.float(), seen, opts.repetition_penalty)
+        logits = logits.masked_fill(self.suppress, float("-inf"))
+        if step < opts.min_new_tokens:
+            logits[:, self.eos] = float("-inf")
+        return choose(logits, opts.greedy, opts.temperature, opts.top_k, opts.top_p, generator)
+
+    @torch.inference_mode()
+    def frames(
+        self,
+        prompts: list[Prompt],
+        opts: SamplingOptions,
+        caps: Optional[list[int]] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Iterator[FrameStep]:
+        """Yield one FrameStep per talker step until every row has ended (EOS, its cap, or
+        `opts.max_new_tokens`: like the official loop, the step that hits the limit yields nothing)."""
+        B = len(prompts)
+        max_frames = opts.max_new_tokens - 1
+        caps_t = torch.tensor([min(c, max_frames) for c in (caps or [max_frames] * B)], device=self.device)
+        prefill, valid_prefill, trailing, pad = self._batch_prompts(prompts)
+        T = prefill.shape[1]
+        total = T + max_frames + 1
+        caches = self.talker.new_caches(B, total)
+        valid = torch.zeros(B, total, dtype=torch.bool, device=self.device)
+        valid[:, :T] = valid_prefill
+        slots = torch.arange(total, device=self.device)
+        positions = (valid_prefill.long().cumsum(-1) - 1).masked_fill(~valid_prefill, 1)
+        next_position = valid_prefill.sum(-1)  # [B] RoPE position of the first generated frame
+
+        hidden = self.talker(prefill, positions, causal_mask(slots[:T], slots[:T], valid[:, :T]), caches, slots[:T])
+        hidden = hidden[:, -1]
+        seen = torch.zeros(B, self.config.talker.vocab_size, dtype=torch.bool, device=self.device)
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        emitted_count = torch.zeros(B, dtype=torch.long, device=self.device)
+        for step in range(opts.max_new_tokens):
+            code0 = self._choose_code0(self.talker.codec_head(hidden), seen, step, opts, generator)
+            seen[torch.arange(B), code0] = True
+            done |= code0 == self.eos
+            capped = ~done & (emitted_count >= caps_t)
+            if bool(capped.any()):
+                warnings.warn(
+                    f"generation reached its length limit ({int(caps_t[capped].min())} frames) without an "
+                    "end-of-speech token; the audio was cut there",
+                    LengthCapWarning,
+                    stacklevel=2,
+                )
+                done |= capped
+            if bool(done.all()) or step == max_frames:
+                return
+            codes = self._predict_rest(hidden, code0, opts, generator)
+            emitted = ~done
+            yield FrameStep(codes, emitted, hidden)
+            emitted_count += emitted.long()
+
+            frame = self.talker.embed_frame(codes)
+            text = trailing[:, step] if step < trailing.shape[1] else pad
+            slot = slots[T + step : T + step + 1]
+            valid[:, T + step] = True
+            pos = (next_position + step)[:, None]
+            mask = causal_mask(slot, slots[: T + step + 1], valid[:, : T + step + 1])
+            hidden = self.talker((frame + text)[:, None], pos, mask, caches, slot)[:, -1]

@@ -1,0 +1,69 @@
+"""Shared fixtures: random tiny checkpoints written by our own `make_checkpoint`, and the oracle
+(the official `qwen-tts` package, run in its own venv in a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools" / "oracle"))
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def checkpoints_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def make_tiny(checkpoints_dir):
+    """make_tiny(kind, seed=0) -> folder of a tiny random checkpoint, written once per session."""
+    from q3tts.presets import make_checkpoint
+
+    made: dict[tuple, Path] = {}
+
+    def make(kind: str = "base", seed: int = 0, dtype=torch.bfloat16) -> Path:
+        key = (kind, seed, dtype)
+        if key not in made:
+            name = f"tiny-{kind}-{seed}-{str(dtype).split('.')[-1]}"
+            made[key] = make_checkpoint(checkpoints_dir / name, "tiny", kind, seed, dtype)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(make_tiny) -> Path:
+    """A tiny Base checkpoint (it has every network: talker, code predictor, speaker encoder, codec)."""
+    return make_tiny("base")
+
+
+def oracle_required() -> bool:
+    return os.environ.get("Q3TTS_REQUIRE_ORACLE", "0") == "1"
+
+
+@pytest.fixture(scope="session")
+def oracle(tmp_path_factory):
+    """oracle(jobs) -> {id: result}: runs the official package on the jobs (see tools/oracle/reference.py).
+
+    Skips when the oracle venv is missing, unless Q3TTS_REQUIRE_ORACLE=1 (as in `make test` and CI)."""
+    import client
+
+    if not client.oracle_available():
+        msg = "oracle venv missing: run `make setup-oracle` (tools/oracle/setup.sh)"
+        if oracle_required():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    workdir = tmp_path_factory.mktemp("oracle")
+    counter = iter(range(10**9))
+
+    def run(jobs: list[dict]) -> dict:
+        return client.run_reference(jobs, workdir / f"batch{next(counter)}")
+
+    return run

@@ -63,19 +63,24 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip install --disable-pip-version-check --no-input -q)
+# pip warns once per package about local index folders that lack it; that noise hides real errors.
+pip_install() {
+  "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 
 CONSTRAINTS="$VENV/q3tts-constraints.txt"
 echo "$TORCH_PIN" > "$CONSTRAINTS"
 
 step "installing $TORCH_PIN"
 # shellcheck disable=SC2086  # word splitting of the optional extra args is intended
-"${PIP[@]}" "$TORCH_PIN" ${Q3TTS_ORACLE_TORCH_ARGS:-}
-
-step "installing qwen-tts==0.1.1 (--no-deps)"
-"${PIP[@]}" -c "$CONSTRAINTS" --no-deps "${REQS[0]}"
+pip_install "$TORCH_PIN" ${Q3TTS_ORACLE_TORCH_ARGS:-}
 
 step "installing ${REQS[*]:1}"
-"${PIP[@]}" -c "$CONSTRAINTS" "${REQS[@]:1}"
+pip_install -c "$CONSTRAINTS" "${REQS[@]:1}"
+
+# Last, so pip's resolver never sees (and complains about) the dependencies we leave out.
+step "installing ${REQS[0]} (--no-deps)"
+pip_install -c "$CONSTRAINTS" --no-deps "${REQS[0]}"
 
 step "checking the install"
 "$VPY" - <<'PY'

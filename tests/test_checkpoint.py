@@ -29,7 +29,7 @@ def test_tiny_checkpoint_loads_in_ours(kind, make_tiny):
         assert set(ck.config.talker.spk_id) == set(SPEAKER_IDS)
     assert ck.config.talker.codec_language_id == LANGUAGE_IDS
     size = sum(p.stat().st_size for p in make_tiny(kind).rglob("*") if p.is_file())
-    assert size < 12e6, f"tiny checkpoint is {size / 1e6:.1f} MB"
+    assert size < 20e6, f"tiny checkpoint is {size / 1e6:.1f} MB"
 
 
 @pytest.mark.parametrize("kind", KINDS)

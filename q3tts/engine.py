@@ -141,14 +141,16 @@ class Engine:
             done |= code0 == self.eos
             capped = ~done & (emitted_count >= caps_t)
             if bool(capped.any()):
+                limit = int(caps_t[capped].min())
+                why = "max_new_tokens" if limit == max_frames else "the length limit for its text"
                 warnings.warn(
-                    f"generation reached its length limit ({int(caps_t[capped].min())} frames) without an "
-                    "end-of-speech token; the audio was cut there",
+                    f"generation reached {why} ({limit} frames) without an end-of-speech token; "
+                    "the audio was cut there",
                     LengthCapWarning,
                     stacklevel=2,
                 )
                 done |= capped
-            if bool(done.all()) or step == max_frames:
+            if bool(done.all()):
                 return
             codes = self._predict_rest(hidden, code0, opts, generator)
             emitted = ~done

@@ -5,10 +5,14 @@ from .audio import AudioError, load_audio, save_audio
 from .checkpoint import CheckpointError
 from .engine import LengthCapWarning
 from .sampling import SamplingOptions
+from .speech_tokenizer import CodesError, EncodedAudio, Qwen3TTSTokenizer
 
 __all__ = [
     "Qwen3TTS",
     "Qwen3TTSModel",
+    "Qwen3TTSTokenizer",
+    "EncodedAudio",
+    "CodesError",
     "VoiceClonePromptItem",
     "SamplingOptions",
     "InputError",

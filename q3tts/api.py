@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 from dataclasses import dataclass
@@ -24,9 +25,13 @@ from .engine import Engine, length_cap
 from .model import Checkpoint, load_checkpoint
 from .prompt import Prompt, Utterance, build_prompt
 from .sampling import SamplingOptions
+from .segment import split_text
 
 MIN_REFERENCE_SECONDS = 1.0
 MAX_REFERENCE_SECONDS = 60.0
+# Longer texts are generated in sentence-aware pieces of at most this many text tokens (about a
+# minute of speech): one generation drifts in pace on long inputs, and a piece stays far from max_new_tokens.
+DEFAULT_MAX_PIECE_TOKENS = 150
 SILENCE_RMS = 1e-4  # a reference quieter than this (about -80 dBFS) carries no voice
 
 MaybeList = Union[str, Sequence[str], None]
@@ -330,30 +335,48 @@ class Qwen3TTS:
         tok = self.checkpoint.tokenizer
         return [length_cap(len(tok.encode(u.text))) for u in utts]
 
+    def _pieces(self, utt: Utterance, max_piece_tokens: Optional[int]) -> list[Utterance]:
+        """`utt` cut into sentence-aware pieces of at most `max_piece_tokens` text tokens (0: never cut)."""
+        budget = DEFAULT_MAX_PIECE_TOKENS if max_piece_tokens is None else int(max_piece_tokens)
+        if budget <= 0:
+            return [utt]
+        tok = self.checkpoint.tokenizer
+        texts = split_text(utt.text, budget, lambda t: len(tok.encode(t)))
+        return [dataclasses.replace(utt, text=t) for t in texts] or [utt]
+
     def stream_batch(
-        self, utts: list[Utterance], chunk_frames: int = 4, first_chunk_frames: int = 1, **kwargs
+        self,
+        utts: list[Utterance],
+        chunk_frames: int = 4,
+        first_chunk_frames: int = 1,
+        max_piece_tokens: Optional[int] = None,
+        **kwargs,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (row, audio chunk) as frames are generated; every row ends with an empty chunk.
 
         Each row has its own causal codec state, so its chunks concatenate to exactly the offline
         decode of its codes. An in-context clone's state starts from the reference codes, as the
-        official package decodes reference + generated codes and cuts the reference off."""
+        official package decodes reference + generated codes and cuts the reference off.
+
+        Texts over `max_piece_tokens` are generated piece by piece (all rows' k-th pieces batched
+        together), with the same voice, and the codec state runs on across pieces: the joins are
+        decoded like any other pair of consecutive frames."""
         if chunk_frames < 1 or first_chunk_frames < 1:
             raise InputError("chunk sizes must be at least 1 frame")
         opts = self._options(kwargs)
-        prompts = self._prompts(utts)
+        pieces = [self._pieces(u, max_piece_tokens) for u in utts]
         generator = None
         if opts.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(opts.seed)
         decoder = self.checkpoint.speech_tokenizer.decoder
         codec_device = next(decoder.parameters()).device
-        states = [decoder.new_stream(1) for _ in prompts]
-        for p, state in zip(prompts, states):
-            if p.ref_codes is not None:
-                decoder.decode_chunk(p.ref_codes.T[None].to(codec_device), state)
-        pending: list[list[torch.Tensor]] = [[] for _ in prompts]
-        sent = [0] * len(prompts)
-        ended = [False] * len(prompts)
+        states = [decoder.new_stream(1) for _ in utts]
+        for u, state in zip(utts, states):
+            if u.ref_codes is not None:
+                with torch.inference_mode():
+                    decoder.decode_chunk(u.ref_codes.T[None].to(codec_device), state)
+        pending: list[list[torch.Tensor]] = [[] for _ in utts]
+        sent = [0] * len(utts)
 
         def flush(row: int) -> np.ndarray:
             codes = torch.stack(pending[row], dim=1)[None].to(codec_device)  # [1, G, n]
@@ -363,24 +386,30 @@ class Qwen3TTS:
                 wav = decoder.decode_chunk(codes, states[row])
             return wav[0, 0].float().cpu().numpy()
 
-        for step in self.engine.frames(prompts, opts, self._caps(utts), generator):
-            for row in range(len(prompts)):
-                if ended[row]:
-                    continue
-                if not bool(step.emitted[row]):
-                    ended[row] = True
+        for k in range(max(len(p) for p in pieces)):
+            rows = [r for r in range(len(utts)) if k < len(pieces[r])]
+            round_utts = [pieces[r][k] for r in rows]
+            ended = [False] * len(rows)
+            steps = self.engine.frames(self._prompts(round_utts), opts, self._caps(round_utts), generator)
+            for step in steps:
+                for i, row in enumerate(rows):
+                    if ended[i]:
+                        continue
+                    if not bool(step.emitted[i]):
+                        ended[i] = True
+                        if k == len(pieces[row]) - 1:  # the row's last piece: flush and close it
+                            if pending[row]:
+                                yield row, flush(row)
+                            yield row, np.zeros(0, dtype=np.float32)
+                        continue
+                    pending[row].append(step.codes[i])
+                    if len(pending[row]) >= (first_chunk_frames if sent[row] == 0 else chunk_frames):
+                        yield row, flush(row)
+            for i, row in enumerate(rows):
+                if not ended[i] and k == len(pieces[row]) - 1:
                     if pending[row]:
                         yield row, flush(row)
                     yield row, np.zeros(0, dtype=np.float32)
-                    continue
-                pending[row].append(step.codes[row])
-                if len(pending[row]) >= (first_chunk_frames if sent[row] == 0 else chunk_frames):
-                    yield row, flush(row)
-        for row in range(len(prompts)):
-            if not ended[row]:
-                if pending[row]:
-                    yield row, flush(row)
-                yield row, np.zeros(0, dtype=np.float32)
 
     def _synthesize(self, utts: list[Utterance], **kwargs) -> tuple[list[np.ndarray], int]:
         parts: list[list[np.ndarray]] = [[] for _ in utts]

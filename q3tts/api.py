@@ -433,18 +433,25 @@ class Qwen3TTS:
                                       non_streaming_mode)  # fmt: skip
         return self._synthesize(utts, **kwargs)
 
+    def utterances(self, text, *, speaker=None, instruct=None, language=None, ref_audio=None, ref_text=None,
+                   x_vector_only_mode=False, voice_clone_prompt=None, non_streaming_mode=None) -> list[Utterance]:  # fmt: skip
+        """Validated utterances for `text` (a string or a list) in the checkpoint's own mode: a speaker
+        (CustomVoice), an instruct (VoiceDesign) or a reference / voice prompt (Base). Raises InputError."""
+        if self.kind == "custom_voice":
+            return self._custom_voice_utterances(text, speaker, language, instruct, non_streaming_mode is not False)
+        if self.kind == "voice_design":
+            return self._voice_design_utterances(text, instruct, language, non_streaming_mode is not False)
+        return self._clone_utterances(text, language, ref_audio, ref_text, x_vector_only_mode, voice_clone_prompt,
+                                      bool(non_streaming_mode))  # fmt: skip
+
     def stream(self, text: str, *, speaker=None, instruct=None, language=None, ref_audio=None, ref_text=None,
                x_vector_only_mode=False, voice_clone_prompt=None, non_streaming_mode=None, chunk_frames: int = 4,
                first_chunk_frames: int = 1, **kwargs) -> Iterator[np.ndarray]:  # fmt: skip
         """Yield float32 audio chunks for one text while it is being generated. The mode follows the
         checkpoint: a speaker (CustomVoice), an instruct (VoiceDesign) or a reference (Base)."""
-        if self.kind == "custom_voice":
-            utts = self._custom_voice_utterances(text, speaker, language, instruct, non_streaming_mode is not False)
-        elif self.kind == "voice_design":
-            utts = self._voice_design_utterances(text, instruct, language, non_streaming_mode is not False)
-        else:
-            utts = self._clone_utterances(text, language, ref_audio, ref_text, x_vector_only_mode, voice_clone_prompt,
-                                          bool(non_streaming_mode))  # fmt: skip
+        utts = self.utterances(text, speaker=speaker, instruct=instruct, language=language, ref_audio=ref_audio,
+                               ref_text=ref_text, x_vector_only_mode=x_vector_only_mode,
+                               voice_clone_prompt=voice_clone_prompt, non_streaming_mode=non_streaming_mode)  # fmt: skip
         if len(utts) != 1:
             raise InputError("stream() takes one text; use the generate_* calls for batches")
         for _, chunk in self.stream_batch(utts, chunk_frames, first_chunk_frames, **kwargs):

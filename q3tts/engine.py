@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -81,8 +81,9 @@ class Engine:
         pad = torch.stack([p.pad for p in prompts]).to(self.dtype)
         return prefill, valid, trailing, pad
 
-    def _predict_rest(self, hidden: torch.Tensor, code0: torch.Tensor, opts, generator) -> torch.Tensor:
-        """Codebooks 1..G-1 for a frame. hidden [B, H] (talker), code0 [B] -> codes [B, G]."""
+    def predict_rest(self, hidden: torch.Tensor, code0: torch.Tensor, pick: Callable[[torch.Tensor], torch.Tensor]):
+        """Codebooks 1..G-1 for a frame. hidden [B, H] (talker), code0 [B] -> codes [B, G].
+        `pick(logits [B, V]) -> ids [B]` chooses each codebook's ids."""
         cp = self.predictor
         caches = cp.new_caches(code0.shape[0])
         x = torch.stack([hidden, self.talker.embed_codec(code0)], dim=1)
@@ -90,9 +91,7 @@ class Engine:
         h = cp(x, pos, caches, pos)[:, -1]
         codes = [code0]
         for g in range(1, self.groups):
-            logits = cp.lm_head[g - 1](h).float()
-            nxt = choose(logits, opts.subtalker_greedy, opts.subtalker_temperature, opts.subtalker_top_k,
-                         opts.subtalker_top_p, generator)  # fmt: skip
+            nxt = pick(cp.lm_head[g - 1](h).float())
             codes.append(nxt)
             if g == self.groups - 1:
                 break
@@ -100,12 +99,25 @@ class Engine:
             h = cp(cp.embed_code(g, nxt)[:, None], pos, caches, pos)[:, -1]
         return torch.stack(codes, dim=1)
 
-    def _choose_code0(self, logits, seen, step, opts, generator) -> torch.Tensor:
-        logits = penalise_repeats(logits.float(), seen, opts.repetition_penalty)
+    def _predict_rest(self, hidden, code0, opts: SamplingOptions, generator) -> torch.Tensor:
+        def pick(logits):
+            return choose(logits, opts.subtalker_greedy, opts.subtalker_temperature, opts.subtalker_top_k,
+                          opts.subtalker_top_p, generator)  # fmt: skip
+
+        return self.predict_rest(hidden, code0, pick)
+
+    def code0_scores(self, logits: torch.Tensor, seen: torch.Tensor, penalty: float, allow_eos: bool) -> torch.Tensor:
+        """Codebook-0 logits [B, V] -> the scores sampling sees: repetition penalty on ids already
+        generated, control ids suppressed, EOS masked while too few frames exist."""
+        logits = penalise_repeats(logits.float(), seen, penalty)
         logits = logits.masked_fill(self.suppress, float("-inf"))
-        if step < opts.min_new_tokens:
+        if not allow_eos:
             logits[:, self.eos] = float("-inf")
-        return choose(logits, opts.greedy, opts.temperature, opts.top_k, opts.top_p, generator)
+        return logits
+
+    def _choose_code0(self, logits, seen, step, opts, generator) -> torch.Tensor:
+        scores = self.code0_scores(logits, seen, opts.repetition_penalty, allow_eos=step >= opts.min_new_tokens)
+        return choose(scores, opts.greedy, opts.temperature, opts.top_k, opts.top_p, generator)
 
     @torch.inference_mode()
     def frames(

@@ -52,7 +52,13 @@ class KVCache:
         return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, H, T, D] at cache slots `input_pos` [T]; return the whole cache."""
+        """Write k/v [B, H, T, D] at cache slots `input_pos`: [T] for every row alike, or [B, 1] for
+        one step whose slot differs per row (continuous batching). Returns the whole cache."""
+        if input_pos.dim() == 2:
+            rows = torch.arange(k.shape[0], device=k.device)
+            self.k[rows, :, input_pos[:, 0]] = k[:, :, 0]
+            self.v[rows, :, input_pos[:, 0]] = v[:, :, 0]
+            return self.k, self.v
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         return self.k, self.v

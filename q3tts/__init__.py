@@ -1,24 +1,36 @@
-"""q3tts: a fast, self-contained PyTorch implementation of Qwen3-TTS."""
+"""q3tts: a fast, self-contained PyTorch implementation of Qwen3-TTS.
 
-from .api import InputError, Qwen3TTS, Qwen3TTSModel, VoiceClonePromptItem
-from .audio import AudioError, load_audio, save_audio
-from .checkpoint import CheckpointError
-from .engine import LengthCapWarning
-from .sampling import SamplingOptions
-from .speech_tokenizer import CodesError, EncodedAudio, Qwen3TTSTokenizer
+Names load on first use, so `q3tts --help` and other light commands don't import torch."""
 
-__all__ = [
-    "Qwen3TTS",
-    "Qwen3TTSModel",
-    "Qwen3TTSTokenizer",
-    "EncodedAudio",
-    "CodesError",
-    "VoiceClonePromptItem",
-    "SamplingOptions",
-    "InputError",
-    "AudioError",
-    "CheckpointError",
-    "LengthCapWarning",
-    "load_audio",
-    "save_audio",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Qwen3TTS": "api",
+    "Qwen3TTSModel": "api",
+    "VoiceClonePromptItem": "api",
+    "InputError": "api",
+    "Qwen3TTSTokenizer": "speech_tokenizer",
+    "EncodedAudio": "speech_tokenizer",
+    "CodesError": "speech_tokenizer",
+    "SamplingOptions": "sampling",
+    "AudioError": "audio",
+    "load_audio": "audio",
+    "save_audio": "audio",
+    "CheckpointError": "checkpoint",
+    "LengthCapWarning": "engine",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'q3tts' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,558 @@
+"""The web UI: a Gradio app mounted on a FastAPI app at /ui.
+
+    app = mount_ui(FastAPI(), ModelManager({"0.6B": path}), voices_dir)      # in the server
+    python -m q3tts.server.ui --model 0.6B=PATH --model clone=PATH --port 7860  # the UI alone
+
+Tabs: Custom Voice, Voice Design, Voice Clone, Design -> Clone (a designed voice kept as a cloned
+voice), Voice Library (the same `NAME.safetensors` files as `q3tts voices`) and Models (load,
+unload, switch, memory). Synthesis goes through each model's SpeechScheduler, so several users
+share generation steps; audio plays while it is generated (gr.Audio(streaming=True), which needs
+ffmpeg on the server; without it the result plays when done) and every run reports time to first
+audio and real-time factor. Every failure shows as a message in the page, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import io
+import logging
+import os
+import re
+import time
+import wave
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+import gradio as gr
+import numpy as np
+from gradio import processing_utils
+
+from ..cli import VOICE_SUFFIX, UsageError, check_voice_name, voice_summary
+from ..cli import voices_dir as default_voices_dir
+from ..cli_progress import one_line
+from .models import KINDS, ModelManager, ModelUnavailable, format_bytes, parse_model_specs
+
+log = logging.getLogger("q3tts.ui")
+
+# System fonts only: the page makes no requests outside this server (offline and HTTPS friendly).
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+STREAMING = processing_utils.ffmpeg_installed()  # Gradio encodes streamed audio with ffmpeg
+NO_VOICE = "(none: use the reference below)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors: one line in the page
+# ----------------------------------------------------------------------------------------------
+
+
+def _expected() -> tuple[type[BaseException], ...]:
+    from ..api import InputError
+    from ..audio import AudioError
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    from ..serving import QueueFull, SchedulerClosed
+
+    return (InputError, AudioError, CheckpointError, ConfigError, QueueFull, SchedulerClosed, ModelUnavailable,
+            UsageError, ValueError, OSError)  # fmt: skip
+
+
+def _error(e: BaseException) -> gr.Error:
+    if isinstance(e, gr.Error):
+        return e
+    if isinstance(e, _expected()):
+        return gr.Error(one_line(str(e)) or type(e).__name__)
+    log.exception("UI request failed")
+    return gr.Error(f"internal error ({type(e).__name__}: {one_line(str(e))}); see the server log")
+
+
+def _guarded(fn):
+    """Any exception of `fn` (a function or a generator function) -> gr.Error with one line."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:
+                raise _error(e) from None
+
+        return gen
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise _error(e) from None
+
+    return call
+
+
+# ----------------------------------------------------------------------------------------------
+# Audio and run statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def _int16(wav: np.ndarray) -> np.ndarray:
+    return (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+def _wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(_int16(wav).tobytes())
+    return buf.getvalue()
+
+
+def _stats(job, wall: float, load_seconds: float, note: str = "") -> str:
+    audio = job.audio_seconds
+    parts = [f"time to first audio **{job.first_chunk_seconds or 0:.2f} s**"]
+    if audio > 0:
+        parts.append(f"{audio:.2f} s of audio in {wall:.2f} s · RTF **{wall / audio:.2f}** "
+                     f"(wall / audio; {audio / wall:.2f}x real time)")  # fmt: skip
+    if load_seconds:
+        parts.append(f"model loaded first, in {load_seconds:.1f} s")
+    if job.finish_reason == "length":
+        parts.append("stopped at the max new tokens limit (no end of speech)")
+    return " · ".join(parts) + (f" · {note}" if note else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# The voice library
+# ----------------------------------------------------------------------------------------------
+
+
+class FolderVoices:
+    """A folder of `NAME.safetensors` voice prompts, as `q3tts voices` keeps it. Same methods as the
+    server's VoiceLibrary (list, prompt, add, delete), so build_ui takes either."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder).expanduser()
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{check_voice_name(name)}{VOICE_SUFFIX}"
+
+    def list(self) -> list[SimpleNamespace]:
+        files = sorted(self.folder.glob(f"*{VOICE_SUFFIX}")) if self.folder.is_dir() else []
+        return [SimpleNamespace(name=v["name"], mode=v["mode"], ref_text=v["ref_text"], duration=v["ref_seconds"])
+                for v in map(voice_summary, files) if not v["name"].startswith(".")]  # fmt: skip
+
+    def prompt(self, name: str):
+        from ..api import VoiceClonePromptItem
+
+        path = self._path(name)
+        if not path.is_file():
+            raise UsageError(f"no voice named '{name}'")
+        return VoiceClonePromptItem.load(path)
+
+    def add(self, name: str, item, duration: float) -> None:
+        path = self._path(name)
+        if path.exists():
+            raise UsageError(f"a voice named '{name}' already exists; delete it first in the Voice Library tab")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        item.save(path)
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        if not path.is_file():
+            raise UsageError(f"no voice named '{name}'")
+        path.unlink()
+
+
+def _language_choices(info: Optional[dict]) -> list[tuple[str, str]]:
+    return [(lang.title(), lang) for lang in (info["languages"] if info else ["auto"])]
+
+
+def _speaker_choices(info: Optional[dict]) -> list[tuple[str, str]]:
+    return [(s.replace("_", " ").title(), s) for s in (info or {}).get("speakers", [])]
+
+
+# ----------------------------------------------------------------------------------------------
+# The app
+# ----------------------------------------------------------------------------------------------
+
+
+def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
+    """The UI over `models`. `voices_dir`: the voice library, a folder (as `q3tts voices` keeps it)
+    or a library object with list(), prompt(name), add(name, item, duration), delete(name)."""
+    voices = FolderVoices(voices_dir) if isinstance(voices_dir, (str, os.PathLike)) else voices_dir
+
+    # -- helpers over the model manager and the voice library ------------------------------------
+    def info(kind: str) -> Optional[dict]:
+        return models.info(kind) if models.has(kind) else None
+
+    def kind_status(kind: str) -> str:
+        i = info(kind)
+        if i is None:
+            return (f"⚠️ **No {KINDS[kind]} model is configured**, so this tab cannot run. Start the app with "
+                    f"a {KINDS[kind]} checkpoint too (`--model NAME=PATH`).")  # fmt: skip
+        size = i["size"] or ""
+        size = f", {size.replace('b', '.').upper()}B" if re.fullmatch(r"\d+b\d+", size) else f", {size}" * bool(size)
+        state = "loaded" if i["loaded"] else "not loaded: it loads on the first run, or load it in the Models tab"
+        return f"Model **{i['name']}** ({KINDS[kind]}{size}): {state}."
+
+    def library(action: str, name: str, *args):
+        """A voice library call; its errors (whatever their class) become one-line messages."""
+        if not (name or "").strip():
+            raise gr.Error("give a voice name" if action == "add" else "choose a voice first")
+        try:
+            return getattr(voices, action)(name.strip(), *args)
+        except Exception as e:
+            raise gr.Error(f"voice '{name.strip()}': {one_line(str(e.args[0] if e.args else e))}") from None
+
+    def save_voice(name: str, item, duration: float) -> str:
+        library("add", name, item, duration)
+        mode = "x-vector only" if item.x_vector_only_mode else "in-context"
+        return f"Saved voice **{name.strip()}** ({mode}, {duration:.1f} s reference)."
+
+    def gen_kwargs(max_new_tokens, temperature, top_k, seed) -> dict:
+        kw = {"max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_k": int(top_k)}
+        if seed is not None and int(seed) >= 0:
+            kw["seed"] = int(seed)
+        return kw
+
+    def speak(kind: str, settings: tuple, keep: Optional[list] = None, note: str = "", **call):
+        """Stream one utterance: yields (stream chunk, full audio, stats) updates."""
+        *sampling, chunk_frames = settings
+        t0, loaded = time.perf_counter(), (info(kind) or {}).get("loaded")
+        if not loaded:
+            yield gr.skip(), gr.skip(), f"Loading the {KINDS[kind]} model ..."
+        with models.use(kind) as (tts, scheduler):
+            load_seconds = 0.0 if loaded else time.perf_counter() - t0
+            utt = tts.utterances(call.pop("text"), **call)[0]
+            t1 = time.perf_counter()
+            job = scheduler.submit(utt, chunk_frames=int(chunk_frames), first_chunk_frames=1,
+                                   **gen_kwargs(*sampling))  # fmt: skip
+            sr, parts = tts.sample_rate, []
+            yield gr.skip(), None, "Generating ..."
+            for chunk in job.chunks():
+                parts.append(chunk)
+                if STREAMING:
+                    yield _wav_bytes(chunk, sr), gr.skip(), f"Generating ... {job.audio_seconds:.1f} s of audio"
+            wall = time.perf_counter() - t1
+        if not parts:
+            raise gr.Error("the model produced no audio; try again or raise max new tokens")
+        wav = np.concatenate(parts)
+        if keep is not None:
+            keep[:] = [wav, sr]
+        yield gr.skip(), (sr, _int16(wav)), _stats(job, wall, load_seconds, note)
+
+    with gr.Blocks(title="Qwen3-TTS", analytics_enabled=False) as demo:
+        gr.Markdown("## Qwen3-TTS")
+        with gr.Accordion("Generation settings", open=False, elem_id="settings"):
+            with gr.Row():
+                max_new_tokens = gr.Slider(2, 4096, value=2048, step=1, label="Max new tokens (80 ms each)",
+                                           elem_id="max-new-tokens")  # fmt: skip
+                temperature = gr.Slider(0.0, 1.5, value=0.9, step=0.05, label="Temperature (0: greedy)")
+                top_k = gr.Slider(0, 100, value=50, step=1, label="Top k (0: off)")
+                seed = gr.Number(-1, precision=0, label="Seed (-1: random)")
+                chunk_frames = gr.Slider(1, 25, value=4, step=1, label="Frames per streamed chunk")
+        settings = [max_new_tokens, temperature, top_k, seed, chunk_frames]
+
+        def outputs(prefix: str):
+            stream = gr.Audio(label="Live playback", streaming=True, autoplay=True, interactive=False,
+                              visible=STREAMING, elem_id=f"{prefix}-stream")  # fmt: skip
+            full = gr.Audio(label="Result" if STREAMING else "Result (plays when done: ffmpeg is not installed)",
+                            interactive=False, elem_id=f"{prefix}-audio")  # fmt: skip
+            stats = gr.Markdown(elem_id=f"{prefix}-stats")
+            return [stream, full, stats]
+
+        with gr.Tabs(elem_id="tabs") as tabs:
+            # -- Custom Voice ------------------------------------------------------------------------
+            with gr.Tab("Custom Voice", id="custom"):
+                cv_status = gr.Markdown(kind_status("custom_voice"), elem_id="custom-status")
+                with gr.Row():
+                    speakers = _speaker_choices(info("custom_voice"))
+                    cv_speaker = gr.Dropdown(speakers, value=speakers[0][1] if speakers else None, label="Speaker")
+                    cv_lang = gr.Dropdown(_language_choices(info("custom_voice")), value="auto", label="Language")
+                cv_instruct = gr.Textbox(label="Instruction (optional; 1.7B models)",
+                                         placeholder="e.g. speak cheerfully")  # fmt: skip
+                cv_text = gr.Textbox(label="Text", lines=3, elem_id="custom-text")
+                cv_run = gr.Button("Speak", variant="primary", elem_id="custom-run")
+                cv_out = outputs("custom")
+
+                @_guarded
+                def run_custom(speaker, language, instruct, text, *settings):
+                    yield from speak("custom_voice", settings, text=text, speaker=speaker, language=language,
+                                     instruct=instruct.strip() or None)  # fmt: skip
+
+                runs = [cv_run.click(run_custom, [cv_speaker, cv_lang, cv_instruct, cv_text, *settings], cv_out)]
+
+            # -- Voice Design ------------------------------------------------------------------------
+            with gr.Tab("Voice Design", id="design"):
+                vd_status = gr.Markdown(kind_status("voice_design"), elem_id="design-status")
+                vd_desc = gr.Textbox(label="Voice description", lines=2, elem_id="design-description",
+                                     placeholder="e.g. a calm middle-aged man with a low, warm voice")  # fmt: skip
+                vd_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", label="Language")
+                vd_text = gr.Textbox(label="Text", lines=3, elem_id="design-text")
+                vd_run = gr.Button("Speak", variant="primary", elem_id="design-run")
+                vd_out = outputs("design")
+
+                @_guarded
+                def run_design(description, language, text, *settings):
+                    if not (description or "").strip():
+                        raise gr.Error("describe the voice first")
+                    yield from speak("voice_design", settings, text=text, instruct=description.strip(),
+                                     language=language)  # fmt: skip
+
+                runs.append(vd_run.click(run_design, [vd_desc, vd_lang, vd_text, *settings], vd_out))
+
+            # -- Voice Clone -------------------------------------------------------------------------
+            with gr.Tab("Voice Clone", id="clone"):
+                vc_status = gr.Markdown(kind_status("base"), elem_id="clone-status")
+                vc_voice = gr.Dropdown([NO_VOICE], value=NO_VOICE, label="Saved voice", elem_id="clone-voice")
+                vc_ref = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="clone-ref",
+                                  label="Reference audio, 1-60 s (the microphone needs HTTPS)")  # fmt: skip
+                vc_ref_text = gr.Textbox(label="Transcript of the reference", elem_id="clone-ref-text")
+                vc_xvec = gr.Checkbox(label="x-vector only (no transcript; the timbre only, lower quality)")
+                vc_lang = gr.Dropdown(_language_choices(info("base")), value="auto", label="Language")
+                vc_text = gr.Textbox(label="Text", lines=3, elem_id="clone-text")
+                vc_run = gr.Button("Speak", variant="primary", elem_id="clone-run")
+                vc_out = outputs("clone")
+                with gr.Accordion("Save this reference to the voice library", open=False):
+                    with gr.Row():
+                        vc_name = gr.Textbox(label="Voice name", placeholder="letters, digits, - _ .")
+                        vc_save = gr.Button("Save voice")
+                    vc_msg = gr.Markdown()
+
+                @_guarded
+                def run_clone(voice, ref, ref_text, xvec, language, text, *settings):
+                    if voice and voice != NO_VOICE:
+                        prompt = library("prompt", voice)
+                        yield from speak("base", settings, text=text, language=language, voice_clone_prompt=prompt,
+                                         note=f"saved voice '{voice}'")  # fmt: skip
+                        return
+                    if not ref:
+                        raise gr.Error("upload or record a reference clip, or choose a saved voice")
+                    ref_text = (ref_text or "").strip() or None
+                    yield from speak("base", settings, text=text, language=language, ref_audio=ref, ref_text=ref_text,
+                                     x_vector_only_mode=bool(xvec))  # fmt: skip
+
+                vc_inputs = [vc_voice, vc_ref, vc_ref_text, vc_xvec, vc_lang, vc_text, *settings]
+                runs.append(vc_run.click(run_clone, vc_inputs, vc_out))
+
+            # -- Design -> Clone ---------------------------------------------------------------------
+            with gr.Tab("Design → Clone", id="design-clone"):
+                dc_status = gr.Markdown(elem_id="design-clone-status")
+                gr.Markdown("Design a voice, listen, then keep it: the designed clip and its text become a cloned "
+                            "voice in the library, for the Voice Clone tab (with a Base model).")  # fmt: skip
+                dc_desc = gr.Textbox(label="Voice description", lines=2)
+                dc_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", label="Language")
+                dc_text = gr.Textbox(label="Text to design with (it becomes the reference transcript)", lines=2,
+                                     value="Hello! This is the voice I designed, and I want to keep it.")  # fmt: skip
+                dc_run = gr.Button("Design", variant="primary")
+                dc_out = outputs("design-clone")
+                designed = gr.State(None)  # [wav, sample rate, text]
+                with gr.Row():
+                    dc_name = gr.Textbox(label="Voice name", placeholder="letters, digits, - _ .")
+                    dc_save = gr.Button("Keep as a cloned voice")
+                dc_msg = gr.Markdown()
+
+                @_guarded
+                def run_design_clone(description, language, text, *settings):
+                    if not (description or "").strip():
+                        raise gr.Error("describe the voice first")
+                    keep: list = []
+                    for update in speak("voice_design", settings, keep=keep, text=text, instruct=description.strip(),
+                                        language=language):  # fmt: skip
+                        yield *update, gr.skip()
+                    yield gr.skip(), gr.skip(), gr.skip(), [*keep, text]
+
+                @_guarded
+                def keep_designed(state, name):
+                    if not state:
+                        raise gr.Error("design a voice first")
+                    if not (name or "").strip():
+                        raise gr.Error("give a voice name")
+                    if not models.has("base"):
+                        raise gr.Error("keeping a designed voice needs a Base model; none is configured")
+                    wav, sr, text = state
+                    with models.use("base") as (tts, _):
+                        item = tts.create_voice_clone_prompt((wav, sr), ref_text=text)[0]
+                    return save_voice(name, item, len(wav) / sr)
+
+                runs.append(dc_run.click(run_design_clone, [dc_desc, dc_lang, dc_text, *settings], [*dc_out, designed]))
+
+            # -- Voice Library -----------------------------------------------------------------------
+            with gr.Tab("Voice Library", id="library"):
+                gr.Markdown(f"Saved voices in `{getattr(voices, 'folder', '')}`.")
+                lib_table = gr.Dataframe(headers=["name", "mode", "reference", "transcript"],
+                                         interactive=False, elem_id="library-table")  # fmt: skip
+                with gr.Row():
+                    lib_name = gr.Dropdown([], label="Voice", elem_id="library-voice")
+                    lib_use = gr.Button("Use in Voice Clone")
+                    lib_delete = gr.Button("Delete", variant="stop")
+                    lib_refresh = gr.Button("Refresh")
+                lib_msg = gr.Markdown()
+
+            # -- Models ------------------------------------------------------------------------------
+            with gr.Tab("Models", id="models"):
+                gr.Markdown("**Switch** makes a model the active one of its kind (the tabs use it) and unloads the "
+                            "model it replaces; **Load** and **Unload** only load or free a model.")  # fmt: skip
+                mdl_table = gr.Dataframe(headers=["name", "kind", "size", "active", "loaded", "path"],
+                                         interactive=False, elem_id="models-table")  # fmt: skip
+                with gr.Row():
+                    mdl_name = gr.Dropdown(models.names, value=(models.names or [None])[0], label="Model")
+                    mdl_load = gr.Button("Load")
+                    mdl_switch = gr.Button("Switch")
+                    mdl_unload = gr.Button("Unload")
+                    mdl_refresh = gr.Button("Refresh")
+                mdl_memory = gr.Markdown(elem_id="models-memory")
+                mdl_msg = gr.Markdown()
+
+        # -- refreshing what depends on the models and the library ------------------------------------
+        def design_clone_status() -> str:
+            lines = [kind_status("voice_design")]
+            if not models.has("base"):
+                lines.append("⚠️ **No Base model is configured**, so a designed voice cannot be kept.")
+            else:
+                lines.append(kind_status("base"))
+            return "\n\n".join(lines)
+
+        def statuses():
+            rows = [[e["name"], KINDS[e["kind"]], e["size"] or "", "yes" if e["active"] else "",
+                     "yes" if e["loaded"] else "", e["path"]] for e in models.entries()]  # fmt: skip
+            mem = models.memory()
+            text = f"Memory in use: **{format_bytes(mem['rss_bytes'])}** resident (this process)"
+            if "cuda_allocated_bytes" in mem:
+                text += (f" · CUDA {format_bytes(mem['cuda_allocated_bytes'])} allocated, "
+                         f"{format_bytes(mem['cuda_reserved_bytes'])} reserved, "
+                         f"{format_bytes(mem['cuda_total_bytes'])} total")  # fmt: skip
+            return (rows, text, kind_status("custom_voice"), kind_status("voice_design"), kind_status("base"),
+                    design_clone_status())  # fmt: skip
+
+        status_outputs = [mdl_table, mdl_memory, cv_status, vd_status, vc_status, dc_status]
+
+        def model_views():
+            cv, vd = info("custom_voice"), info("voice_design")
+            return (*statuses(), gr.update(choices=_speaker_choices(cv)), gr.update(choices=_language_choices(cv)),
+                    gr.update(choices=_language_choices(vd)), gr.update(choices=_language_choices(info("base"))),
+                    gr.update(choices=_language_choices(vd)))  # fmt: skip
+
+        model_outputs = [*status_outputs, cv_speaker, cv_lang, vd_lang, vc_lang, dc_lang]
+        for event in runs:
+            event.then(_guarded(statuses), None, status_outputs)
+
+        def voice_views():
+            rows = [[v.name, v.mode, f"{v.duration:.1f} s" if v.duration else "", v.ref_text or ""]
+                    for v in voices.list()]  # fmt: skip
+            names = [r[0] for r in rows]
+            return rows, gr.update(choices=names, value=None), gr.update(choices=[NO_VOICE, *names])
+
+        voice_outputs = [lib_table, lib_name, vc_voice]
+
+        @_guarded
+        def model_action(action: str, name: str):
+            if not name:
+                raise gr.Error("choose a model")
+            t0 = time.perf_counter()
+            if action == "load":
+                models.load(name)
+                msg = f"Loaded **{name}** in {time.perf_counter() - t0:.1f} s."
+            elif action == "switch":
+                models.switch(name)
+                msg = f"**{name}** is now the active {KINDS[models.info(name)['kind']]} model (loaded)."
+            else:
+                msg = f"Unloaded **{name}**." if models.unload(name) else f"**{name}** was not loaded."
+            return msg, *model_views()
+
+        for button, action in ((mdl_load, "load"), (mdl_switch, "switch"), (mdl_unload, "unload")):
+            button.click(functools.partial(model_action, action), [mdl_name], [mdl_msg, *model_outputs],
+                         concurrency_limit=1, concurrency_id="models")  # fmt: skip
+        mdl_refresh.click(_guarded(model_views), None, model_outputs)
+
+        @_guarded
+        def delete_voice(name):
+            library("delete", name)
+            return f"Deleted voice **{name}**.", *voice_views()
+
+        @_guarded
+        def save_reference(ref, ref_text, xvec, name):
+            if not ref:
+                raise gr.Error("upload or record a reference clip first")
+            if not (name or "").strip():
+                raise gr.Error("give a voice name")
+            if not models.has("base"):
+                raise gr.Error("saving a voice needs a Base model; none is configured")
+            from ..audio import SAMPLE_RATE, load_audio
+
+            wav, ref_text = load_audio(ref), (ref_text or "").strip() or None
+            with models.use("base") as (tts, _):
+                item = tts.create_voice_clone_prompt((wav, SAMPLE_RATE), ref_text, bool(xvec))[0]
+            return save_voice(name, item, len(wav) / SAMPLE_RATE), *voice_views()
+
+        @_guarded
+        def keep_and_list(state, name):
+            return keep_designed(state, name), *voice_views()
+
+        def use_voice(name):
+            if not name:
+                raise gr.Error("choose a voice")
+            return gr.update(value=name), gr.Tabs(selected="clone")
+
+        lib_delete.click(delete_voice, [lib_name], [lib_msg, *voice_outputs])
+        lib_refresh.click(_guarded(voice_views), None, voice_outputs)
+        lib_use.click(use_voice, [lib_name], [vc_voice, tabs])
+        vc_save.click(save_reference, [vc_ref, vc_ref_text, vc_xvec, vc_name], [vc_msg, *voice_outputs]).then(
+            _guarded(statuses), None, status_outputs)
+        dc_save.click(keep_and_list, [designed, dc_name], [dc_msg, *voice_outputs]).then(
+            _guarded(statuses), None, status_outputs)
+        demo.load(_guarded(lambda: (*model_views(), *voice_views())), None, [*model_outputs, *voice_outputs])
+    demo.queue(default_concurrency_limit=max(1, models.max_batch))
+    return demo
+
+
+def mount_ui(app, models: ModelManager, voices_dir, path: str = "/ui", **kwargs):
+    """Mount the UI on a FastAPI `app` at `path`; `kwargs` go to gr.mount_gradio_app (e.g. auth=...)."""
+    kwargs = {"theme": THEME, "ssr_mode": False, "show_error": True, **kwargs}
+    return gr.mount_gradio_app(app, build_ui(models, voices_dir), path=path, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The UI alone: python -m q3tts.server.ui --model NAME=PATH --port P
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m q3tts.server.ui", description="The q3tts web UI on its own.")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
+                   help="a checkpoint folder or Hugging Face repo id under a name; repeat for more")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--voices-dir", help="voice library folder (default: as `q3tts voices`)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests generated together per model")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--ssl-certfile")
+    p.add_argument("--ssl-keyfile")
+    args = p.parse_args(argv)
+
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import RedirectResponse, Response
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        models = ModelManager(parse_model_specs(args.model), args.device, args.dtype, max_batch=args.max_batch)
+    except Exception as e:
+        p.error(one_line(str(e)))
+    app = FastAPI(title="q3tts UI")
+    app.get("/", include_in_schema=False)(lambda: RedirectResponse("ui/"))
+    app.get("/favicon.ico", include_in_schema=False)(lambda: Response(status_code=204))
+    mount_ui(app, models, Path(args.voices_dir) if args.voices_dir else default_voices_dir())
+    uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                log_level="warning")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

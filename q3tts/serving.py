@@ -51,6 +51,9 @@ class SpeechJob:
         self.pieces, self.opts, self.caps = pieces, opts, caps
         self.chunk_frames, self.first_chunk_frames = chunk_frames, first_chunk_frames
         self.ref_codes = ref_codes
+        # Held by the job, so a model unloaded mid-stream is not reloaded by the consumer.
+        self.decoder = scheduler.tts.checkpoint.speech_tokenizer.decoder
+        self.sample_rate = scheduler.tts.sample_rate
         self.generator = None
         if opts.seed is not None:
             self.generator = torch.Generator(device=scheduler.tts.device).manual_seed(opts.seed)
@@ -91,7 +94,7 @@ class SpeechJob:
     def chunks(self) -> Iterator[np.ndarray]:
         """Float32 audio chunks as frames are generated (the first after `first_chunk_frames`).
         Raises the scheduler's error if generation failed."""
-        decoder = self.scheduler.tts.checkpoint.speech_tokenizer.decoder
+        decoder = self.decoder
         device = next(decoder.parameters()).device
         stream = decoder.new_stream(1)
         with torch.inference_mode():
@@ -107,7 +110,7 @@ class SpeechJob:
                         wav = decoder.decode_chunk(codes, stream)[0, 0].float().cpu().numpy()
                     if self.first_chunk_seconds is None:
                         self.first_chunk_seconds = time.perf_counter() - self.submitted_at
-                    self.audio_seconds += wav.shape[0] / self.scheduler.tts.sample_rate
+                    self.audio_seconds += wav.shape[0] / self.sample_rate
                     yield wav
                 want = self.chunk_frames
                 if ended:

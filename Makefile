@@ -5,7 +5,7 @@ PY := .venv/bin/python
 .PHONY: setup setup-oracle demo test
 
 setup:
-	bash tools/setup.sh dev
+	bash tools/setup.sh dev server
 
 setup-oracle:
 	bash tools/oracle/setup.sh

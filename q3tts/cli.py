@@ -723,6 +723,24 @@ def cmd_bench(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# serve (q3tts/server, imported only when used)
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from .server.__main__ import build_parser as build_serve_parser
+        from .server.__main__ import serve
+    except ImportError as e:
+        raise UsageError(f"the serve command needs the server extra (pip install 'q3tts[server]'): {e}") from None
+    parser = build_serve_parser(_Parser(prog="q3tts serve", description="OpenAI-compatible speech server."))
+    return serve(parser.parse_args(args.extra))
+
+
+# ----------------------------------------------------------------------------------------------
 # The parser
 # ----------------------------------------------------------------------------------------------
 
@@ -850,6 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", add_help=False, help="benchmark synthesis (see 'q3tts bench --help')")
     bench.set_defaults(func=cmd_bench, takes_extra=True)
+
+    serve = sub.add_parser("serve", add_help=False, help="OpenAI-compatible speech server (see 'q3tts serve --help')")
+    serve.set_defaults(func=cmd_serve, takes_extra=True)
 
     mk = sub.add_parser("make-checkpoint", help="write a random-weight checkpoint in the official layout")
     mk.add_argument("out", help="output folder")

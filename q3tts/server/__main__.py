@@ -1,0 +1,76 @@
+"""`python -m q3tts.server --model PATH_OR_REPO [--host --port ...]` (also `q3tts serve`).
+
+Every flag maps to a Settings field; unset flags fall back to the Q3TTS_* environment, then the defaults."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from .settings import Settings
+
+FLAGS = [  # (flag, settings field, type, help)
+    ("--model", "model", str, "checkpoint folder or Hugging Face repo id"),
+    ("--served-model-name", "served_model_name", str, "model id shown by /v1/models (default: --model)"),
+    ("--host", "host", str, "address to listen on (default 127.0.0.1)"),
+    ("--port", "port", int, "port (default 8000)"),
+    ("--device", "device", str, "auto, cpu, cuda, cuda:1, mps"),
+    ("--dtype", "dtype", str, "auto, float32, bfloat16, float16"),
+    ("--voices-dir", "voices_dir", str, "saved voices (default: as `q3tts voices`, ~/.local/share/q3tts/voices)"),
+    ("--api-key", "api_keys", str, "require `Authorization: Bearer KEY` on /v1/* (repeat for several keys)"),
+    ("--max-batch", "max_batch", int, "requests generated together (default 16)"),
+    ("--max-queue", "max_queue", int, "requests waiting before 429 (default 64)"),
+    ("--max-text-chars", "max_text_chars", int, "longest input text (default 5000)"),
+    ("--max-upload-bytes", "max_upload_bytes", int, "largest reference audio file (default 20 MB)"),
+    ("--max-reference-seconds", "max_reference_seconds", float, "longest reference audio (default 60)"),
+    ("--request-timeout", "request_timeout", float, "seconds a request may generate (default 600)"),
+    ("--chunk-frames", "chunk_frames", int, "codec frames per streamed chunk (default 4 = 320 ms)"),
+    ("--first-chunk-frames", "first_chunk_frames", int, "codec frames in the first chunk (default 1)"),
+]
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="q3tts serve", description="OpenAI-compatible speech server")
+    for flag, field, kind, text in FLAGS:
+        extra = {"action": "append"} if field == "api_keys" else {}
+        parser.add_argument(flag, dest=field, type=kind, default=None, help=text, **extra)
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {field: getattr(args, field) for _, field, _, _ in FLAGS if getattr(args, field, None) is not None}
+    if getattr(args, "warmup", None) is not None:
+        given["warmup"] = args.warmup
+    return Settings(**given)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    settings = settings_from_args(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    holder: dict = {}
+
+    def stop() -> None:  # the model did not load: exit instead of serving 503s forever
+        holder["failed"] = True
+        holder["server"].should_exit = True
+
+    app = create_app(settings, on_fatal=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level))
+    holder["server"] = server
+    server.run()
+    return 1 if holder.get("failed") else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return serve(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

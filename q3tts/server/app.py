@@ -1,0 +1,102 @@
+"""The FastAPI app: `create_app(settings)` builds it; the model loads and warms up in the lifespan.
+
+/health answers as soon as the process is up; /ready (and /v1/*) once the model is loaded and has
+generated one short utterance. Tests pass a loaded `tts` (and optionally a `scheduler`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Callable, Optional
+
+import numpy as np
+from fastapi import FastAPI
+
+from ..api import Qwen3TTS
+from ..audio import SAMPLE_RATE
+from ..serving import SpeechScheduler
+from .errors import install_handlers
+from .metrics import Metrics, RequestMiddleware
+from .routes import ops, v1
+from .settings import Settings
+from .speech import SpeechService
+from .voices import VoiceLibrary
+
+log = logging.getLogger("q3tts.server")
+
+
+def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = None,
+               scheduler: Optional[SpeechScheduler] = None,
+               on_fatal: Optional[Callable[[], None]] = None) -> FastAPI:  # fmt: skip
+    """`on_fatal` is called if the model fails to load (the CLI uses it to stop the server)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Every streaming response waits for audio in a worker thread: the default pool (a few
+        # threads) would cap concurrent streams, so size it for a full batch plus the queue.
+        workers = settings.max_batch + settings.max_queue + 8
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="q3tts-io"))
+        loading = asyncio.create_task(_load(app, settings, tts, scheduler, on_fatal))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            if app.state.scheduler is not None:
+                await asyncio.to_thread(app.state.scheduler.close)
+
+    app = FastAPI(title="q3tts", summary="Qwen3-TTS speech server (OpenAI-compatible)", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = None  # set once loaded and warmed up
+    app.state.scheduler = None
+    app.state.load_error = None
+    app.state.started = time.time()
+    app.state.metrics = Metrics(lambda: app.state.scheduler.stats() if app.state.scheduler else None)
+    install_handlers(app)
+    app.include_router(v1)
+    app.include_router(ops)
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics,
+                       max_body=settings.max_upload_bytes * 4 // 3 + (1 << 20))  # base64 + form overhead  # fmt: skip
+    return app
+
+
+async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> None:
+    try:
+        if tts is None:
+            log.info("loading %s", settings.model)
+            tts = await asyncio.to_thread(Qwen3TTS.from_pretrained, settings.model, device=settings.device,
+                                          dtype=settings.dtype)  # fmt: skip
+        voices = await asyncio.to_thread(VoiceLibrary, settings.voices_dir)
+        if scheduler is None:
+            scheduler = SpeechScheduler(tts, max_batch=settings.max_batch, max_queue=settings.max_queue)
+        app.state.scheduler = scheduler.start()
+        service = SpeechService(settings, tts, scheduler, voices, app.state.metrics)
+        if settings.warmup:
+            await asyncio.to_thread(_warm_up, service)
+        app.state.service = service
+        log.info("ready: %s (%s) on %s", settings.model_id, service.task, tts.device)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        app.state.load_error = f"{type(e).__name__}: {e}"
+        log.error("the model failed to load: %s", app.state.load_error)
+        log.debug("traceback", exc_info=e)
+        if on_fatal is not None:
+            on_fatal()
+
+
+def _warm_up(service: SpeechService) -> None:
+    """One short generation through the scheduler and codec, so the first request pays no first-call costs."""
+    tts = service.tts
+    kwargs: dict = {}
+    if service.task == "CustomVoice":
+        kwargs["speaker"] = service.speakers[0]
+    elif service.task == "Base":  # an x-vector voice from a little noise
+        noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE * 2) * 0.1).astype(np.float32)
+        kwargs["voice_clone_prompt"] = tts.create_voice_clone_prompt((noise, SAMPLE_RATE), x_vector_only_mode=True)
+    (utt,) = tts.utterances("Warm-up.", **kwargs)
+    for _ in service.scheduler.submit(utt, max_new_tokens=4).chunks():
+        pass

@@ -1,0 +1,83 @@
+"""Every error leaves the server as OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..api import InputError
+from ..audio import AudioError
+from ..serving import QueueFull, SchedulerClosed
+from .metrics import BodyTooLarge
+
+log = logging.getLogger("q3tts.server")
+
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
+         413: "request_too_large", 429: "rate_limit_error", 503: "service_unavailable"}  # fmt: skip
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, code: Optional[str] = None, param: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def error_body(status: int, message: str, code: Optional[str] = None, param: Optional[str] = None) -> dict:
+    kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, code: Optional[str] = None, param: Optional[str] = None,
+                   headers: Optional[dict] = None) -> JSONResponse:  # fmt: skip
+    return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers)
+
+
+def as_api_error(e: Exception) -> APIError:
+    """The library's exceptions, as the HTTP errors they stand for."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, (InputError, AudioError)):
+        return APIError(400, str(e), "invalid_input")
+    if isinstance(e, BodyTooLarge):
+        return APIError(413, str(e), "body_too_large")
+    if isinstance(e, QueueFull):
+        return APIError(429, str(e), "queue_full")
+    if isinstance(e, SchedulerClosed):
+        return APIError(503, str(e), "shutting_down")
+    log.error("request failed", exc_info=e)
+    return APIError(500, f"internal error: {type(e).__name__}", "internal_error")
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    param = ".".join(loc) or None
+    return (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), param
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return error_response(400, message, "invalid_request", param)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        return error_response(exc.status_code, str(exc.detail), None, None, getattr(exc, "headers", None))
+
+    async def _known(request: Request, exc: Exception):
+        e = as_api_error(exc)
+        return error_response(e.status, e.message, e.code, e.param)
+
+    for cls in (APIError, InputError, AudioError, BodyTooLarge, QueueFull, SchedulerClosed, Exception):
+        app.add_exception_handler(cls, _known)  # Exception: a 500 in the same shape, never a traceback

@@ -1,0 +1,111 @@
+"""Prometheus metrics (one registry per app) and the ASGI middleware that counts requests and
+caps request bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, stats: Callable[[], Optional[dict]]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("q3tts_requests", "HTTP requests by route and status", ["route", "method", "status"],
+                                registry=r)  # fmt: skip
+        self.errors = Counter("q3tts_errors", "Requests that ended in an error, by kind", ["kind"], registry=r)
+        self.ttfa = Histogram("q3tts_time_to_first_audio_seconds", "From request to the first audio chunk",
+                              buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.rtf = Histogram("q3tts_real_time_factor", "Generation wall time / audio duration (below 1: faster "
+                             "than real time)", buckets=RTF_BUCKETS, registry=r)  # fmt: skip
+        self.audio_seconds = Counter("q3tts_audio_seconds", "Seconds of audio generated", registry=r)
+        r.register(_SchedulerCollector(stats))
+
+    def observe_job(self, ttfa: Optional[float], audio_seconds: float, wall_seconds: float) -> None:
+        if ttfa is not None:
+            self.ttfa.observe(ttfa)
+        if audio_seconds > 0:
+            self.audio_seconds.inc(audio_seconds)
+            self.rtf.observe(wall_seconds / audio_seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _SchedulerCollector:
+    """Reads the scheduler's live numbers at scrape time."""
+
+    def __init__(self, stats: Callable[[], Optional[dict]]):
+        self.stats = stats
+
+    def collect(self):
+        s = self.stats() or {}
+        for name, key, help in (("q3tts_active_requests", "active", "Requests generating now"),
+                                ("q3tts_queue_depth", "queued", "Requests waiting for a batch slot"),
+                                ("q3tts_max_batch", "max_batch", "Batch slots")):  # fmt: skip
+            yield GaugeMetricFamily(name, help, value=s.get(key, 0))
+        yield CounterMetricFamily("q3tts_frames_generated", "Codec frames generated (12.5 per second of audio)",
+                                  value=s.get("frames_generated", 0))  # fmt: skip
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestMiddleware:
+    """Counts every HTTP request by route template and status, and refuses bodies over `max_body`
+    bytes (413) whether or not they declare a Content-Length."""
+
+    def __init__(self, app, metrics: Metrics, max_body: int):
+        self.app, self.metrics, self.max_body = app, metrics, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await self._too_large(send)
+            self._count(scope, 413)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge(f"the request body is over {self.max_body} bytes")
+            return message
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, counting_send)
+        finally:
+            self._count(scope, status["code"])
+
+    def _count(self, scope, status: int) -> None:
+        route = scope.get("route")
+        label = getattr(route, "path", None) or "unmatched"
+        self.metrics.requests.labels(label, scope.get("method", ""), str(status)).inc()
+        if status >= 400:
+            self.metrics.errors.labels(str(status)).inc()
+
+    async def _too_large(self, send) -> None:
+        error = {"message": f"the request body is over {self.max_body} bytes", "type": "request_too_large",
+                 "param": None, "code": "body_too_large"}  # fmt: skip
+        body = json.dumps({"error": error}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

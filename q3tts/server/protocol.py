@@ -1,0 +1,61 @@
+"""Request bodies: OpenAI's speech fields plus the Qwen3-TTS extensions other servers use."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, Field, field_validator
+
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+TaskType = Literal["CustomVoice", "VoiceDesign", "Base"]
+TASK_OF_KIND = {"custom_voice": "CustomVoice", "voice_design": "VoiceDesign", "base": "Base"}
+OPENAI_MODEL_NAMES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # accepted as aliases of the served model
+
+
+class VoiceOptions(BaseModel):
+    """What a voice is made of; shared by the HTTP request and the WebSocket session config."""
+
+    voice: Union[str, dict, None] = None  # a built-in speaker, a saved voice, or OpenAI's {"id": ...}
+    instructions: Optional[str] = Field(None, max_length=2000)  # style (CustomVoice) / voice description (VoiceDesign)
+    language: Optional[str] = None  # "auto" or a language name; case-insensitive
+    task_type: Optional[TaskType] = None  # must match the loaded checkpoint when given
+    ref_audio: Optional[str] = None  # base64 or a data: URL (Base; instead of a saved voice)
+    ref_text: Optional[str] = None  # transcript of ref_audio (in-context cloning)
+    x_vector_only_mode: bool = False  # clone from the speaker embedding only (no transcript needed)
+    # generation
+    max_new_tokens: Optional[int] = Field(None, ge=2, le=8192)  # codec frames (+1), 12.5 per second
+    min_new_tokens: Optional[int] = Field(None, ge=0, le=8192)  # no end of speech before this many steps
+    seed: Optional[int] = Field(None, ge=0)
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
+    top_k: Optional[int] = Field(None, ge=0)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=2.0)
+    initial_codec_chunk_frames: Optional[int] = Field(None, ge=1, le=100)  # frames in the first audio chunk
+
+    @field_validator("voice")
+    @classmethod
+    def _voice_id(cls, value):
+        if isinstance(value, dict):
+            if not isinstance(value.get("id"), str):
+                raise ValueError('a voice object needs a string "id"')
+            return value["id"]
+        return value
+
+    def generation_kwargs(self) -> dict:
+        names = ("max_new_tokens", "min_new_tokens", "seed", "temperature", "top_k", "top_p", "repetition_penalty")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+class SpeechRequest(VoiceOptions):
+    model: Optional[str] = None
+    input: str = Field(min_length=1)
+    response_format: ResponseFormat = "mp3"  # OpenAI's default
+    speed: float = 1.0  # only 1.0: the model has no rate control
+    stream_format: Literal["audio", "sse"] = "audio"
+
+
+class StreamSessionConfig(VoiceOptions):
+    """WebSocket `session.config`: audio goes back as pcm (s16le) or wav chunks."""
+
+    type: Literal["session.config"] = "session.config"
+    response_format: Literal["pcm", "wav"] = "pcm"

@@ -1,0 +1,111 @@
+"""HTTP and WebSocket routes: thin; the work is in SpeechService (speech.py) and StreamSession (stream.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from fastapi import APIRouter, Depends, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .errors import APIError
+from .protocol import SpeechRequest
+from .speech import SpeechService
+from .stream import StreamSession
+
+
+def key_ok(app_state, authorization: Optional[str], query_key: Optional[str] = None) -> bool:
+    keys = app_state.settings.api_keys
+    if not keys:
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    given = token.strip() if scheme.lower() == "bearer" else None
+    return (given or query_key) in keys
+
+
+def require_key(request: Request) -> None:
+    if not key_ok(request.app.state, request.headers.get("authorization")):
+        raise APIError(401, "missing or invalid API key: send `Authorization: Bearer <key>`", "invalid_api_key")
+
+
+def service(request: Request) -> SpeechService:
+    s = request.app.state.service
+    if s is None:
+        raise APIError(503, "the model is still loading; see /ready", "not_ready")
+    return s
+
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+ops = APIRouter()
+
+
+@v1.post("/audio/speech")
+async def create_speech(body: SpeechRequest, svc: SpeechService = Depends(service)):
+    stream, media_type, headers = await svc.speech(body)
+    return StreamingResponse(stream, media_type=media_type, headers=headers)
+
+
+@v1.get("/audio/voices")
+async def list_voices(svc: SpeechService = Depends(service)):
+    return svc.list_voices()
+
+
+@v1.post("/audio/voices", status_code=201)
+async def create_voice(request: Request, svc: SpeechService = Depends(service)):
+    """multipart/form-data: name, audio_sample (or audio) file, optional ref_text and x_vector_only_mode."""
+    form = await request.form()
+    upload = form.get("audio_sample") or form.get("audio")
+    name = form.get("name")
+    if not hasattr(upload, "read") or not isinstance(name, str):
+        raise APIError(400, "send multipart/form-data with `name` and an `audio_sample` file", "missing_field")
+    ref_text = form.get("ref_text")
+    x_vector_only = str(form.get("x_vector_only_mode", "false")).lower() in ("1", "true", "yes", "on")
+    audio = await upload.read(svc.settings.max_upload_bytes + 1)
+    voice = await svc.create_voice(name, audio, ref_text if isinstance(ref_text, str) else None, x_vector_only)
+    return {"success": True, "voice": voice}
+
+
+@v1.delete("/audio/voices/{name}")
+async def delete_voice(name: str, svc: SpeechService = Depends(service)):
+    return svc.delete_voice(name)
+
+
+@v1.get("/models")
+async def list_models(request: Request):
+    st = request.app.state
+    model = {"id": st.settings.model_id, "object": "model", "created": int(st.started), "owned_by": "q3tts"}
+    return {"object": "list", "data": [model]}
+
+
+@ops.websocket("/v1/audio/speech/stream")
+async def speech_stream(ws: WebSocket):
+    st = ws.app.state
+    await ws.accept()
+    if not key_ok(st, ws.headers.get("authorization"), ws.query_params.get("api_key")):
+        await ws.send_json({"type": "error", "message": "missing or invalid API key", "code": "invalid_api_key"})
+        return await ws.close(code=1008)
+    if st.service is None:
+        await ws.send_json({"type": "error", "message": "the model is still loading", "code": "not_ready"})
+        return await ws.close(code=1013)
+    await StreamSession(ws, st.service).run()
+
+
+@ops.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+@ops.get("/ready")
+async def ready(request: Request):
+    st = request.app.state
+    if st.service is None:
+        reason = f"model failed to load: {st.load_error}" if st.load_error else "loading"
+        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+    return {"status": "ready", "model": st.settings.model_id, "kind": st.service.task,
+            "uptime_s": round(time.time() - st.started, 1)}  # fmt: skip
+
+
+@ops.get("/metrics")
+async def metrics(request: Request):
+    return PlainTextResponse(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

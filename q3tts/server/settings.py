@@ -1,0 +1,48 @@
+"""Server settings: defaults here, overridden by `Q3TTS_*` environment variables or `q3tts serve` flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="Q3TTS_", extra="ignore")
+
+    model: str = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"  # checkpoint folder or Hugging Face repo id
+    served_model_name: Optional[str] = None  # the id /v1/models lists; default: `model` as given
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"
+    dtype: str = "auto"
+    # Saved (cloned) voices, kept across restarts: the folder `q3tts voices` uses
+    # ($Q3TTS_VOICES_DIR, else $XDG_DATA_HOME/q3tts/voices, else ~/.local/share/q3tts/voices).
+    voices_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share")
+                             / "q3tts" / "voices")  # fmt: skip
+    # Keys accepted as `Authorization: Bearer KEY` on /v1/*; empty = open. The environment
+    # variable takes a comma-separated list: Q3TTS_API_KEYS=key1,key2
+    api_keys: Annotated[list[str], NoDecode] = []
+    max_batch: int = Field(16, ge=1)  # requests generated together (continuous batching)
+    max_queue: int = Field(64, ge=0)  # requests waiting for a batch slot before 429
+    max_text_chars: int = Field(5000, ge=1)  # per request (and per WebSocket sentence buffer)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)  # one reference audio file
+    max_reference_seconds: float = Field(60.0, gt=0, le=60.0)  # the model takes 1-60 s references
+    request_timeout: float = Field(600.0, gt=0)  # seconds a request may generate before it is cut
+    chunk_frames: int = Field(4, ge=1)  # codec frames (80 ms each) per streamed audio chunk
+    first_chunk_frames: int = Field(1, ge=1)  # a small first chunk: earliest audio
+    warmup: bool = True  # one short synthesis before /ready says yes
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @property
+    def model_id(self) -> str:
+        return self.served_model_name or self.model

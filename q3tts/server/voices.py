@@ -1,0 +1,213 @@
+"""Saved voices: a folder of `<name>.safetensors` voice prompts with a SQLite index of their details.
+
+The folder is the one `q3tts voices` and the web UI use: a voice exists when its file does. The
+index (voices.db: name, created, mode, ref_text, duration, file) is kept in step with the folder:
+rows whose file is gone are dropped, and files saved by other tools are adopted, reading their
+details from the file header.
+
+An upload is written so that a crash at any point leaves either the whole voice or none of it:
+  1. the prompt goes to a temporary `.upload-*` file, which is fsync'ed;
+  2. it is renamed to `<name>.safetensors` (atomic) and the folder fsync'ed;
+  3. its row is inserted in a transaction.
+Only complete files ever carry a final name; a crash before 3 leaves a complete file that is
+adopted on the next start. Temporary files left by a crash are removed at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..api import VoiceClonePromptItem
+
+# The rule `q3tts voices` uses: no path separators, no leading dot.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+SUFFIX = ".safetensors"
+TEMP_PREFIX = ".upload-"
+DB_NAME = "voices.db"
+FRAME_SECONDS = 0.08  # one codec frame (12.5 Hz)
+COLUMNS = "name, created, mode, ref_text, duration, file"
+SCHEMA = """CREATE TABLE IF NOT EXISTS voices (
+    name TEXT PRIMARY KEY, created REAL NOT NULL, mode TEXT NOT NULL,
+    ref_text TEXT, duration REAL, file TEXT NOT NULL)"""
+
+
+class VoiceExists(Exception):
+    pass
+
+
+class VoiceNotFound(KeyError):
+    pass
+
+
+class BadVoiceName(ValueError):
+    pass
+
+
+@dataclass
+class Voice:
+    name: str
+    created: float  # unix time
+    mode: str  # "icl" (reference codes + transcript) or "x_vector"
+    ref_text: Optional[str]
+    duration: Optional[float]  # seconds of reference audio (unknown for adopted x-vector voices)
+    file: str
+
+    def public(self) -> dict:
+        d = asdict(self)
+        d.pop("file")
+        return d
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name.endswith(SUFFIX):
+        raise BadVoiceName(f"invalid voice name {name!r}: use 1-100 letters, digits, '_', '-' or '.', "
+                           "not starting with '.'")  # fmt: skip
+    return name
+
+
+def read_details(path: Path) -> Optional[Voice]:
+    """A voice file's details from its header, or None if it is not a readable voice prompt."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "q3tts-voice-prompt":
+                return None
+            frames = f.get_slice("ref_code").get_shape()[0] if "ref_code" in f.keys() else None
+        x_vector = json.loads(meta.get("x_vector_only_mode", "false"))
+        duration = frames * FRAME_SECONDS if frames else None
+        return Voice(path.name[: -len(SUFFIX)], path.stat().st_mtime, "x_vector" if x_vector else "icl",
+                     json.loads(meta.get("ref_text", "null")), duration, path.name)  # fmt: skip
+    except Exception:
+        return None
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class VoiceLibrary:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).expanduser()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.folder / DB_NAME
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, int], VoiceClonePromptItem] = {}
+        with self._db() as db:
+            db.execute(SCHEMA)
+        for path in self.folder.iterdir():  # what a crash mid-upload leaves (ours, and save()'s own temp)
+            if path.name.startswith((TEMP_PREFIX, "." + TEMP_PREFIX)) and path.is_file():
+                path.unlink(missing_ok=True)
+        self.sync()
+
+    def _db(self) -> "_Transaction":
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)  # explicit transactions
+        db.execute("PRAGMA synchronous=FULL")
+        return _Transaction(db)
+
+    def sync(self) -> None:
+        """Drop rows whose file is gone; adopt voice files that have no row."""
+        with self._lock, self._db() as db:
+            rows = dict(db.execute("SELECT name, file FROM voices").fetchall())
+            for name, file in rows.items():
+                if not (self.folder / file).is_file():
+                    db.execute("DELETE FROM voices WHERE name = ?", (name,))
+            for path in self.folder.glob(f"*{SUFFIX}"):
+                name = path.name[: -len(SUFFIX)]
+                if name not in rows and NAME_PATTERN.fullmatch(name) and (voice := read_details(path)):
+                    db.execute(f"INSERT INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                               tuple(asdict(voice).values()))  # fmt: skip
+
+    def list(self) -> list[Voice]:
+        self.sync()
+        with self._db() as db:
+            return [Voice(*row) for row in db.execute(f"SELECT {COLUMNS} FROM voices ORDER BY name")]
+
+    def get(self, name: str) -> Voice:
+        for attempt in range(2):
+            with self._db() as db:
+                row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE name = ?", (name,)).fetchone()
+            if row is not None and (self.folder / row[-1]).is_file():
+                return Voice(*row)
+            if attempt == 0:
+                self.sync()  # another tool may have added or removed it
+        raise VoiceNotFound(name)
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.get(name)
+            return True
+        except VoiceNotFound:
+            return False
+
+    def prompt(self, name: str) -> VoiceClonePromptItem:
+        """The saved voice prompt (cached in memory after the first use)."""
+        path = self.folder / self.get(name).file
+        key = (name, path.stat().st_mtime_ns)  # a file replaced by another tool is read again
+        if key not in self._cache:
+            self._cache[key] = VoiceClonePromptItem.load(path)
+        return self._cache[key]
+
+    def add(self, name: str, item: VoiceClonePromptItem, duration: float) -> Voice:
+        check_name(name)
+        if name in self:
+            raise VoiceExists(name)
+        temp = self.folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}{SUFFIX}"
+        try:
+            item.save(temp)
+            with open(temp, "rb+") as f:
+                os.fsync(f.fileno())
+            voice = Voice(name, time.time(), "x_vector" if item.x_vector_only_mode else "icl", item.ref_text,
+                          round(float(duration), 3), name + SUFFIX)  # fmt: skip
+            with self._lock:
+                try:  # a hard link is an atomic rename that never replaces an existing voice
+                    os.link(temp, self.folder / voice.file)
+                except FileExistsError:
+                    raise VoiceExists(name) from None
+                _fsync_dir(self.folder)
+                with self._db() as db:
+                    db.execute(f"INSERT OR REPLACE INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                               tuple(asdict(voice).values()))  # fmt: skip
+        finally:
+            temp.unlink(missing_ok=True)
+        return voice
+
+    def delete(self, name: str) -> None:
+        voice = self.get(name)
+        with self._lock:
+            with self._db() as db:
+                db.execute("DELETE FROM voices WHERE name = ?", (name,))
+            (self.folder / voice.file).unlink(missing_ok=True)
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != name}
+
+
+class _Transaction:
+    """`with self._db() as db:` runs the statements in one transaction and closes the connection."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN")
+        return self.db
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.db.close()

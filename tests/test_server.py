@@ -485,3 +485,28 @@ def test_library_follows_the_folder(make_tiny, tmp_path):
     lib.delete("b")
     assert lib.list() == [] and not (tmp_path / "b.safetensors").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors", "notes.txt", "voices.db"]
+
+
+def test_web_ui_is_mounted_and_shares_the_served_model(custom_tts, tmp_path):
+    pytest.importorskip("gradio", reason="the `ui` extra (gradio) is not installed")
+    settings = Settings(model="tiny-cv", voices_dir=tmp_path, warmup=False)
+    app = create_app(settings, tts=custom_tts)
+    with live(app) as url:
+        page = httpx.get(url + "/ui/", follow_redirects=True, timeout=30)
+        assert page.status_code == 200 and "gradio" in page.text.lower()
+        models = app.state.models
+        assert models.info("custom_voice")["name"] == "tiny-cv" and models.info("custom_voice")["loaded"]
+        with models.use("custom_voice") as (tts, scheduler):
+            assert tts is custom_tts and scheduler is app.state.scheduler  # one model, one batch
+        with pytest.raises(LookupError, match="stays loaded"):
+            models.unload("tiny-cv")
+    keyed = create_app(Settings(model="tiny-cv", voices_dir=tmp_path, warmup=False, api_keys=["k"]), tts=custom_tts)
+    with live(keyed) as url:  # with API keys, the UI wants one too
+        assert httpx.get(url + "/ui/config").status_code == 401
+        assert httpx.post(url + "/ui/login", data={"username": "me", "password": "wrong"}).status_code == 400
+        with httpx.Client(base_url=url) as browser:
+            assert browser.post("/ui/login", data={"username": "me", "password": "k"}).json()["success"]
+            assert browser.get("/ui/config").status_code == 200
+    off = create_app(Settings(model="tiny-cv", voices_dir=tmp_path, warmup=False, ui=False), tts=custom_tts)
+    with live(off) as url:
+        assert httpx.get(url + "/ui/").status_code == 404

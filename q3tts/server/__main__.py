@@ -28,23 +28,28 @@ FLAGS = [  # (flag, settings field, type, help)
     ("--request-timeout", "request_timeout", float, "seconds a request may generate (default 600)"),
     ("--chunk-frames", "chunk_frames", int, "codec frames per streamed chunk (default 4 = 320 ms)"),
     ("--first-chunk-frames", "first_chunk_frames", int, "codec frames in the first chunk (default 1)"),
+    ("--ui-model", "ui_models", str, "another checkpoint the web UI may load, NAME=PATH (repeat for more)"),
+    ("--ssl-certfile", "ssl_certfile", str, "serve HTTPS with this certificate (PEM)"),
+    ("--ssl-keyfile", "ssl_keyfile", str, "the certificate's private key (PEM)"),
 ]
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="q3tts serve", description="OpenAI-compatible speech server")
     for flag, field, kind, text in FLAGS:
-        extra = {"action": "append"} if field == "api_keys" else {}
+        extra = {"action": "append"} if field in ("api_keys", "ui_models") else {}
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text, **extra)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up")
+    parser.add_argument("--no-ui", dest="ui", action="store_false", default=None, help="no web UI at /ui")
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     given = {field: getattr(args, field) for _, field, _, _ in FLAGS if getattr(args, field, None) is not None}
-    if getattr(args, "warmup", None) is not None:
-        given["warmup"] = args.warmup
+    for flag in ("warmup", "ui"):
+        if getattr(args, flag, None) is not None:
+            given[flag] = getattr(args, flag)
     return Settings(**given)
 
 
@@ -62,7 +67,8 @@ def serve(args: argparse.Namespace) -> int:
         holder["server"].should_exit = True
 
     app = create_app(settings, on_fatal=stop)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level))
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                                           ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile))
     holder["server"] = server
     server.run()
     return 1 if holder.get("failed") else 0

@@ -45,6 +45,8 @@ def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = No
             yield
         finally:
             loading.cancel()
+            if app.state.models is not None:
+                await asyncio.to_thread(app.state.models.close)
             if app.state.scheduler is not None:
                 await asyncio.to_thread(app.state.scheduler.close)
 
@@ -60,7 +62,35 @@ def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = No
     app.include_router(ops)
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics,
                        max_body=settings.max_upload_bytes * 4 // 3 + (1 << 20))  # base64 + form overhead  # fmt: skip
+    app.state.models = _mount_ui(app, settings, tts) if settings.ui else None
     return app
+
+
+def _mount_ui(app: FastAPI, settings: Settings, tts: Optional[Qwen3TTS]):
+    """The web UI at /ui over a ModelManager that shares the served model (adopted once loaded)
+    and can load `ui_models` too. Without gradio, or when it cannot be set up, the API runs alone."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        log.info("web UI off: install the `ui` extra (gradio) for /ui")
+        return None
+    from .models import ModelManager, parse_model_specs
+    from .ui import mount_ui
+
+    try:
+        specs = parse_model_specs(settings.ui_models)
+        if tts is None:  # configured now (configs only), so the UI knows the served model's speakers
+            specs = {settings.model_id: settings.model, **specs}
+        models = ModelManager(specs, device=settings.device, dtype=settings.dtype, max_batch=settings.max_batch,
+                              max_queue=settings.max_queue)  # fmt: skip
+        keys = set(settings.api_keys)
+        # With API keys set, the UI asks for one too (as the password; any user name).
+        auth = (lambda _user, password: password in keys) if keys else None
+        mount_ui(app, models, settings.voices_dir, auth=auth)
+    except Exception as e:  # the API must come up even if the UI cannot
+        log.warning("web UI off: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+    return models
 
 
 async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> None:
@@ -73,6 +103,8 @@ async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> N
         if scheduler is None:
             scheduler = SpeechScheduler(tts, max_batch=settings.max_batch, max_queue=settings.max_queue)
         app.state.scheduler = scheduler.start()
+        if app.state.models is not None:
+            app.state.models.adopt(settings.model_id, tts, scheduler)
         service = SpeechService(settings, tts, scheduler, voices, app.state.metrics)
         if settings.warmup:
             await asyncio.to_thread(_warm_up, service)

@@ -47,6 +47,7 @@ class _Entry:
     languages: list[str]
     tts: object = None  # Qwen3TTS while loaded
     scheduler: object = None  # SpeechScheduler while loaded
+    pinned: bool = False  # owned by the API server: the UI uses it but never unloads it
     users: int = 0
     idle: threading.Condition = field(default_factory=threading.Condition)
 
@@ -120,6 +121,18 @@ class ModelManager:
         raise ModelUnavailable(f"no model named '{key}'; configured: {', '.join(self._entries) or 'none'}")
 
     # -- loading ---------------------------------------------------------------------------------
+    def adopt(self, name: str, tts, scheduler) -> None:
+        """Use a model loaded elsewhere (the API server's) under `name`; it stays loaded."""
+        with self._lock:
+            if name not in self._entries:
+                cfg = tts.checkpoint.config
+                self._entries[name] = _Entry(name, str(tts.source), cfg.tts_model_type, cfg.tts_model_size,
+                                             speakers=tts.get_supported_speakers() or [],
+                                             languages=tts.get_supported_languages())  # fmt: skip
+                self._active.setdefault(cfg.tts_model_type, name)
+            e = self._entries[name]
+            e.tts, e.scheduler, e.pinned = tts, scheduler, True
+
     def load(self, key: str):
         """Load a model (a name, or a kind's active model) and start its scheduler -> (tts, scheduler)."""
         from ..api import Qwen3TTS
@@ -138,6 +151,8 @@ class ModelManager:
             e = self._entry(key)
             if e.scheduler is None:
                 return False
+            if e.pinned:
+                raise ModelUnavailable(f"'{e.name}' is the API server's model; it stays loaded")
             e.scheduler.close()
             with e.idle:  # requests still decoding their last frames read the model's codec
                 e.idle.wait_for(lambda: e.users == 0, timeout=UNLOAD_WAIT_SECONDS)
@@ -174,7 +189,8 @@ class ModelManager:
 
     def close(self) -> None:
         for name in self.names:
-            self.unload(name)
+            if not self._entries[name].pinned:
+                self.unload(name)
 
     # -- memory -----------------------------------------------------------------------------------
     @staticmethod

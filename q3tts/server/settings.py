@@ -35,8 +35,14 @@ class Settings(BaseSettings):
     chunk_frames: int = Field(4, ge=1)  # codec frames (80 ms each) per streamed audio chunk
     first_chunk_frames: int = Field(1, ge=1)  # a small first chunk: earliest audio
     warmup: bool = True  # one short synthesis before /ready says yes
+    ui: bool = True  # the web UI at /ui (needs the `ui` extra: gradio)
+    # More checkpoints the UI can load and switch between, as NAME=PATH (e.g. a 1.7B beside the
+    # served 0.6B, or a Base model for Design -> Clone). Q3TTS_UI_MODELS takes a comma-separated list.
+    ui_models: Annotated[list[str], NoDecode] = []
+    ssl_certfile: Optional[str] = None  # HTTPS (browsers only allow the microphone on secure pages)
+    ssl_keyfile: Optional[str] = None
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "ui_models", mode="before")
     @classmethod
     def _split_keys(cls, value):
         if isinstance(value, str):

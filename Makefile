@@ -2,16 +2,19 @@
 # Both set up a fresh machine themselves.
 PY := .venv/bin/python
 
-.PHONY: setup setup-oracle demo test
+.PHONY: setup setup-oracle setup-browser demo test
 
 setup:
-	bash tools/setup.sh dev server
+	bash tools/setup.sh dev server ui
 
 setup-oracle:
 	bash tools/oracle/setup.sh
 
+setup-browser:
+	bash tools/setup_browser.sh
+
 demo: setup
 	$(PY) -m q3tts.demo
 
-test: setup setup-oracle
-	Q3TTS_REQUIRE_ORACLE=1 $(PY) -m pytest -q
+test: setup setup-oracle setup-browser
+	Q3TTS_REQUIRE_ORACLE=1 Q3TTS_REQUIRE_BROWSER=1 $(PY) -m pytest -q

@@ -1,0 +1,57 @@
+"""python -m q3tts.train --config train.yaml [--set key=value ...] [--env-file .env] [--resume [DIR]]
+python -m q3tts.train export --checkpoint output_dir/checkpoint-000500 --out my-voice/
+
+Multi-GPU: accelerate launch -m q3tts.train --config train.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m q3tts.train", description="Fine-tune a Qwen3-TTS checkpoint.")
+    p.add_argument("--config", type=Path, help="YAML training config (see q3tts/train/config.py)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--env-file", type=Path, help="a .env file with the community scripts' variable names")
+    p.add_argument("--resume", nargs="?", const="latest", help="resume from a checkpoint (default: the latest)")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m q3tts.train export", description="Export a training checkpoint.")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default: the run's)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from ..checkpoint import CheckpointError
+    from .config import ConfigError
+
+    try:
+        if argv[:1] == ["export"]:
+            args = export_parser().parse_args(argv[1:])
+            from .trainer import export_checkpoint
+
+            print(export_checkpoint(args.checkpoint, args.out, args.dtype))
+            return 0
+        args = train_parser().parse_args(argv)
+        from .config import load_config
+        from .trainer import train
+
+        overrides = list(args.set) + ([f"resume={args.resume}"] if args.resume else [])
+        train(load_config(args.config, tuple(overrides), args.env_file), quiet=args.quiet)
+    except (ConfigError, CheckpointError, OSError) as e:  # set-up problems: one line, no traceback
+        raise SystemExit(f"q3tts: {e}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""End-to-end fine-tuning on the tiny Base checkpoint (q3tts/train/trainer.py, export.py).
+
+* Overfit 4 generated utterances for a new speaker: the loss falls by >= 90 %, and greedy
+  generation from the exported CustomVoice checkpoint reproduces every training utterance's
+  codes, in q3tts and in the official package (which also lists the new speaker).
+* Resume: a run stopped after step k and resumed ends with the same weights as one that ran through.
+* LoRA and layer replacement change exactly the tensors they should.
+
+Needs accelerate (and peft for LoRA): the `train` extra. Missing, these tests fail, not skip.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import accelerate  # noqa: F401  (the train extra; a missing one must fail these tests, not skip them)
+import numpy as np
+import peft  # noqa: F401
+import pytest
+import soundfile as sf
+import torch
+import yaml  # noqa: F401
+from safetensors.torch import load_file
+
+from q3tts.api import Qwen3TTS
+from q3tts.prompt import Utterance
+from q3tts.train.__main__ import main as train_main
+from q3tts.train.config import load_config
+from q3tts.train.data import load_prepared
+from q3tts.train.dataset import main as prepare_main
+from q3tts.train.trainer import train
+
+SR = 24000
+TEXTS = ["Hello world, this is a test.", "The quick brown fox jumps.", "A calm narrator reads a story.",
+         "Numbers: 1 2 3 4 5."]  # fmt: skip
+SPEAKER = "alice"
+OVERFIT = dict(max_steps=90, batch_size=4, lr=5e-3, warmup_steps=0, weight_decay=0.0, logging_steps=1,
+               eval_steps=30, save_steps=1000)  # fmt: skip
+
+
+def clip(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f = 200 + 150 * seed + 300 * t
+    return (0.3 * np.sin(2 * np.pi * np.cumsum(f) / SR) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def sets(**kw) -> list[str]:
+    return [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in kw.items()]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, make_tiny) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("finetune")
+    lines = []
+    for i, text in enumerate(TEXTS):
+        sf.write(root / f"{i}.wav", clip(1.0 + 0.2 * i, i), SR)
+        lines.append(json.dumps({"audio": f"{i}.wav", "text": text, "speaker": SPEAKER}))
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    model = make_tiny("base")
+    assert prepare_main(["prepare", "--manifest", str(root / "data.jsonl"), "--model", str(model), "--out",
+                         str(root / "data"), "--val-fraction", "0", "--quiet"]) == 0  # fmt: skip
+    return model, root / "data"
+
+
+@pytest.fixture(scope="module")
+def overfit(prepared, tmp_path_factory) -> Path:
+    """The CLI on a YAML config (one key under its .env name), validating on the training items."""
+    model, data = prepared
+    out = tmp_path_factory.mktemp("overfit")
+    (out / "train.yaml").write_text(f"model: {model}\ndata: {data}\nval_data: {data}\nSPEAKER_NAME: {SPEAKER}\n"
+                                    f"output_dir: {out / 'run'}\nreport_to: [auto]\n")  # fmt: skip
+    assert train_main(["--config", str(out / "train.yaml"), "--quiet", *["--set=" + s for s in sets(**OVERFIT)]]) == 0
+    return out / "run"
+
+
+def test_loss_falls_by_90_percent(overfit):
+    log = [json.loads(line) for line in (overfit / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, OVERFIT["max_steps"] + 1))
+    first, last = log[0]["loss"], log[-1]["loss"]
+    print(f"loss {first:.3f} -> {last:.4f} ({1 - last / first:.1%} lower)")
+    assert last <= 0.1 * first
+    val = [json.loads(line) for line in (overfit / "validation_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in val] == [30, 60, 90] and val[-1]["best"]
+    assert (overfit / "best" / "model.safetensors").is_file() and (overfit / "final" / "config.json").is_file()
+
+
+def test_greedy_generation_reproduces_training_codes(overfit, prepared):
+    tts = Qwen3TTS.from_pretrained(overfit / "final", device="cpu", dtype="float32")
+    assert tts.kind == "custom_voice" and tts.get_supported_speakers() == [SPEAKER]
+    cfg = json.loads((overfit / "final" / "config.json").read_text())
+    assert cfg["talker_config"]["spk_id"] == {SPEAKER: 3000}
+    assert not any(k.startswith("speaker_encoder.") for k in load_file(str(overfit / "final" / "model.safetensors")))
+    for ex in load_prepared(prepared[1]):
+        codes = tts.generate_codes([Utterance(ex.text, "auto", speaker=SPEAKER)], do_sample=False,
+                                   subtalker_dosample=False)[0]  # fmt: skip
+        assert torch.equal(codes, ex.codes), ex.text
+    wavs, sr = tts.generate_custom_voice(TEXTS[0], speaker=SPEAKER, do_sample=False, subtalker_dosample=False)
+    frames = next(e.codes.shape[0] for e in load_prepared(prepared[1]) if e.text == TEXTS[0])
+    assert sr == SR and wavs[0].shape == (frames * 1920,)
+
+
+def test_official_package_loads_export_and_agrees(overfit, prepared, oracle):
+    final = str(overfit / "final")
+    jobs = [dict(id="info", op="info", checkpoint=final)]
+    jobs += [dict(id=f"gen{i}", op="generate", checkpoint=final, call="custom_voice", text=t, speaker=SPEAKER,
+                  language="auto", max_new_tokens=60) for i, t in enumerate(TEXTS)]  # fmt: skip
+    res = oracle(jobs)
+    assert res["info"]["model_type"] == "custom_voice" and res["info"]["speakers"] == [SPEAKER]
+    tts = Qwen3TTS.from_pretrained(final, device="cpu", dtype="float32")
+    by_text = {e.text: e.codes for e in load_prepared(prepared[1])}
+    for i, text in enumerate(TEXTS):
+        ours = tts.generate_codes([Utterance(text, "auto", speaker=SPEAKER)], do_sample=False,
+                                  subtalker_dosample=False, max_new_tokens=60)[0]  # fmt: skip
+        theirs = torch.from_numpy(res[f"gen{i}"]["codes"][0])
+        assert torch.equal(ours, theirs), text
+        assert torch.equal(theirs, by_text[text]), text
+
+
+def run(prepared, out: Path, **kw) -> dict:
+    model, data = prepared
+    tc = load_config(None, tuple(sets(model=str(model), data=str(data), output_dir=str(out), speaker_name=SPEAKER,
+                                      report_to=["none"], **kw)))  # fmt: skip
+    return train(tc, quiet=True)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_resume_gives_the_same_weights(prepared, tmp_path, mode):
+    """batch 1 x accumulation 2: two steps per epoch, so the stop falls mid-epoch; LoRA dropout
+    makes the RNG state matter too."""
+    kw = dict(mode=mode, max_steps=6, batch_size=1, grad_accum=2, lr=1e-3, warmup_steps=2, save_steps=1000,
+              logging_steps=2, **{"lora.dropout": 0.2})  # fmt: skip
+    straight = run(prepared, tmp_path / "straight", **kw)
+    stopped = run(prepared, tmp_path / "stopped", stop_at_step=3, **kw)
+    assert stopped["stopped"] and stopped["step"] == 3
+    resumed = run(prepared, tmp_path / "stopped", resume="latest", **kw)
+    assert resumed["step"] == 6
+    a = load_file(str(Path(straight["checkpoint"]) / "trainable.safetensors"))
+    b = load_file(str(Path(resumed["checkpoint"]) / "trainable.safetensors"))
+    assert a.keys() == b.keys() and (mode == "full" or all(".lora_" in k for k in a))
+    for k in a:
+        assert a[k].dtype == torch.float32
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    logs = [(tmp_path / d / "training_log.jsonl").read_text() for d in ("straight", "stopped")]
+    assert logs[0] == logs[1]
+
+
+def changed(source: Path, exported: Path) -> tuple[set, set]:
+    """Tensors of `exported` that differ from (or are absent in) `source`, and the rows of the
+    codec embedding that differ."""
+    a = {k: v.float() for k, v in load_file(str(source / "model.safetensors")).items()}
+    b = load_file(str(exported / "model.safetensors"))
+    diff = {k for k, v in b.items() if k not in a or not torch.equal(a[k], v)}
+    key = "talker.model.codec_embedding.weight"
+    rows = set((a[key] != b[key]).any(-1).nonzero().flatten().tolist())
+    return diff, rows
+
+
+def test_lora_trains_only_its_adapters(prepared, tmp_path):
+    res = run(prepared, tmp_path, mode="lora", max_steps=3, batch_size=4, lr=1e-2, export_dtype="float32")
+    diff, rows = changed(prepared[0], Path(res["final"]))
+    linears = {f"talker.model.layers.{i}.{m}.weight" for i in range(2) for m in
+               ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                "mlp.up_proj", "mlp.down_proj")}  # fmt: skip
+    assert diff == linears | {"talker.model.codec_embedding.weight"}
+    assert rows == {3000}  # only the new speaker's row
+    ckpt = load_file(str(Path(res["checkpoint"]) / "trainable.safetensors"))
+    assert len(ckpt) == 2 * len(linears) and all(".lora_" in k for k in ckpt)
+
+
+def test_layer_replacement_trains_only_new_layers(prepared, tmp_path):
+    res = run(prepared, tmp_path, mode="layers", max_steps=3, batch_size=4, lr=1e-2, export_dtype="float32",
+              **{"layers.replace": 1, "layers.add": 1})  # fmt: skip
+    final = Path(res["final"])
+    assert json.loads((final / "config.json").read_text())["talker_config"]["num_hidden_layers"] == 3
+    diff, rows = changed(prepared[0], final)
+    new_layers = {k for k in load_file(str(final / "model.safetensors")) if k.startswith(("talker.model.layers.1.",
+                                                                                         "talker.model.layers.2."))}
+    assert diff == new_layers | {"talker.model.codec_embedding.weight"} and rows == {3000}
+    tts = Qwen3TTS.from_pretrained(final, device="cpu", dtype="float32")
+    assert len(tts.checkpoint.networks.talker.model.layers) == 3
+
+
+def test_export_command_matches_final(prepared, tmp_path):
+    res = run(prepared, tmp_path / "run", max_steps=2, batch_size=4, lr=1e-3)
+    assert train_main(["export", "--checkpoint", res["checkpoint"], "--out", str(tmp_path / "exported")]) == 0
+    a = load_file(str(Path(res["final"]) / "model.safetensors"))
+    b = load_file(str(tmp_path / "exported" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -330,34 +330,38 @@ class SpeechScheduler:
         row.seen = torch.zeros(eng.config.talker.vocab_size, dtype=torch.bool, device=eng.device)
 
     def _choose_code0(self, logits: torch.Tensor) -> torch.Tensor:
-        eng = self._engine
-        out = []
-        for i, row in enumerate(self._rows):
-            o = row.job.opts
-            scores = eng.code0_scores(logits[i : i + 1], row.seen[None], o.repetition_penalty,
-                                      allow_eos=row.step >= o.min_new_tokens)  # fmt: skip
-            out.append(choose(scores, o.greedy, o.temperature, o.top_k, o.top_p, row.job.generator))
-        return torch.cat(out)
+        """Codebook 0 for every row: each row's repetition penalty and EOS rule, then its sampler."""
+        eng, rows = self._engine, self._rows
+        logits = logits.float()
+        penalty = torch.tensor([r.job.opts.repetition_penalty for r in rows], device=logits.device)[:, None]
+        seen = torch.stack([r.seen for r in rows])
+        penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+        scores = torch.where(seen, penalised, logits).masked_fill(eng.suppress, float("-inf"))
+        too_early = torch.tensor([r.step < r.job.opts.min_new_tokens for r in rows], device=logits.device)
+        scores[:, eng.eos] = scores[:, eng.eos].masked_fill(too_early, float("-inf"))
+        return self._choose_grouped(scores, lambda o: (o.greedy, o.temperature, o.top_k, o.top_p))
 
     def _pick_rest(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sub-talker ids for every row: rows with the same settings and no private generator
-        share one call."""
+        return self._choose_grouped(logits, lambda o: (o.subtalker_greedy, o.subtalker_temperature,
+                                                       o.subtalker_top_k, o.subtalker_top_p))  # fmt: skip
+
+    def _choose_grouped(self, scores: torch.Tensor, settings) -> torch.Tensor:
+        """Ids [B] from scores [B, V]: rows whose sampler `settings(opts)` agree and that have no
+        private generator share one call; a seeded row draws from its own generator."""
         groups: dict = {}
         for i, row in enumerate(self._rows):
-            o = row.job.opts
-            key = (o.subtalker_greedy, o.subtalker_temperature, o.subtalker_top_k, o.subtalker_top_p)
-            groups.setdefault(key if row.job.generator is None else ("own", i), []).append(i)
-        if len(groups) == 1:
-            (idx,) = groups.values()
-            o = self._rows[idx[0]].job.opts
-            return choose(logits, o.subtalker_greedy, o.subtalker_temperature, o.subtalker_top_k,
-                          o.subtalker_top_p, self._rows[idx[0]].job.generator)  # fmt: skip
-        out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
-        for idx in groups.values():
-            o, gen = self._rows[idx[0]].job.opts, self._rows[idx[0]].job.generator
-            sel = torch.tensor(idx, device=logits.device)
-            out[sel] = choose(logits[sel], o.subtalker_greedy, o.subtalker_temperature, o.subtalker_top_k,
-                              o.subtalker_top_p, gen)  # fmt: skip
+            key = settings(row.job.opts) if row.job.generator is None else ("own", i)
+            groups.setdefault(key, []).append(i)
+        out = None
+        for key, idx in groups.items():
+            job = self._rows[idx[0]].job
+            greedy, temperature, top_k, top_p = settings(job.opts)
+            if len(groups) == 1:
+                return choose(scores, greedy, temperature, top_k, top_p, job.generator)
+            if out is None:
+                out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+            sel = torch.tensor(idx, device=scores.device)
+            out[sel] = choose(scores[sel], greedy, temperature, top_k, top_p, job.generator)
         return out
 
     def _step(self) -> None:

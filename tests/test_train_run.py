@@ -202,3 +202,27 @@ def test_export_command_matches_final(prepared, tmp_path):
     a = load_file(str(Path(res["final"]) / "model.safetensors"))
     b = load_file(str(tmp_path / "exported" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_shard_the_data_and_resume(prepared, tmp_path):
+    """`torchrun` with 2 CPU processes (gloo): each step splits its batches between the ranks,
+    logs are written once, every rank's RNG is saved, and a stopped run resumes."""
+    import os
+    import subprocess
+    import sys
+
+    model, data = prepared
+    out = tmp_path / "run"
+    (tmp_path / "train.yaml").write_text(f"model: {model}\ndata: {data}\noutput_dir: {out}\nspeaker_name: {SPEAKER}\n"
+                                         "max_steps: 4\nbatch_size: 1\nlr: 1.0e-3\nlogging_steps: 1\n"
+                                         "save_steps: 100\nreport_to: [none]\n")  # fmt: skip
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "q3tts.train", "--config", str(tmp_path / "train.yaml"), "--quiet"]  # fmt: skip
+    for extra in (["--set", "stop_at_step=2"], ["--resume"]):
+        proc = subprocess.run(torchrun + extra, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and [r["epoch"] for r in log] == [0.5, 1.0, 1.5, 2.0]
+    assert {p.name for p in (out / "checkpoint-000004").glob("rng_state_*")} == {"rng_state_0.pt", "rng_state_1.pt"}
+    assert Qwen3TTS.from_pretrained(out / "final", device="cpu", dtype="float32").get_supported_speakers() == ["alice", "bob"]

@@ -1,7 +1,8 @@
 """python -m q3tts.train --config train.yaml [--set key=value ...] [--env-file .env] [--resume [DIR]]
 python -m q3tts.train export --checkpoint output_dir/checkpoint-000500 --out my-voice/
 
-Multi-GPU: accelerate launch -m q3tts.train --config train.yaml
+Several GPUs: accelerate launch --multi_gpu --num_processes N -m q3tts.train --config train.yaml
+Several CPU processes: ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node N -m q3tts.train ...
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ PY := .venv/bin/python
 .PHONY: setup setup-oracle setup-browser demo test
 
 setup:
-	bash tools/setup.sh dev server ui
+	bash tools/setup.sh dev server ui train
 
 setup-oracle:
 	bash tools/oracle/setup.sh

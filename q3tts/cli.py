@@ -723,6 +723,35 @@ def cmd_bench(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# train, dataset (q3tts/train, imported only when used)
+# ----------------------------------------------------------------------------------------------
+
+
+def _train_entry(module: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        entry = importlib.import_module(f"{__package__ or 'q3tts'}.train.{module}").main
+    except ImportError as e:
+        raise UsageError(f"fine-tuning needs the `train` extra (pip install 'q3tts[train]'): {one_line(str(e))}") from None
+    try:
+        return entry(argv) or 0
+    except SystemExit as e:  # the entry points exit with a one-line "q3tts: ..." message
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 1
+        raise
+
+
+def cmd_train(args) -> int:
+    return _train_entry("__main__", args.extra)
+
+
+def cmd_dataset(args) -> int:
+    return _train_entry("dataset", args.extra)
+
+
+# ----------------------------------------------------------------------------------------------
 # serve (q3tts/server, imported only when used)
 # ----------------------------------------------------------------------------------------------
 
@@ -871,6 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", add_help=False, help="OpenAI-compatible speech server (see 'q3tts serve --help')")
     serve.set_defaults(func=cmd_serve, takes_extra=True)
+
+    train = sub.add_parser("train", add_help=False, help="fine-tune a checkpoint (see 'q3tts train --help')")
+    train.set_defaults(func=cmd_train, takes_extra=True)
+    dataset = sub.add_parser("dataset", add_help=False, help="prepare fine-tuning data (see 'q3tts dataset --help')")
+    dataset.set_defaults(func=cmd_dataset, takes_extra=True)
 
     mk = sub.add_parser("make-checkpoint", help="write a random-weight checkpoint in the official layout")
     mk.add_argument("out", help="output folder")

@@ -65,7 +65,6 @@ def codec_prefix_ids(cfg: ModelConfig, lid: Optional[int]) -> list[int]:
     return [t.codec_think_id, t.codec_think_bos_id, lid, t.codec_think_eos_id]
 
 
-@torch.no_grad()
 def build_prompt(talker: Talker, cfg: ModelConfig, tokenizer: TextTokenizer, utt: Utterance) -> Prompt:
     t = cfg.talker
     dev = talker.codec_head.weight.device

@@ -22,9 +22,8 @@ from ..prompt import Prompt, Utterance, build_prompt
 from ..talker import Talker
 from ..text import TextTokenizer
 
-# build_prompt is decorated with torch.no_grad() for generation; training needs the same function
-# with gradients (text projection, embeddings), so call the undecorated one.
-_build_prompt_with_grad = build_prompt.__wrapped__
+# The same prefill as generation, here with gradients (text projection, embeddings).
+_build_prompt_with_grad = build_prompt
 
 
 @dataclass

@@ -83,3 +83,24 @@ def test_parity_with_reference(decoder, tiny_checkpoint, oracle):
         diff = np.abs(ours - theirs).max()
         assert diff <= 1e-4, f"{n} frames: max abs diff {diff}"
         assert np.abs(theirs).max() > 0.05
+
+
+def test_stacked_streams_at_different_frames_decode_like_their_own(decoder):
+    """Streams at different positions (one fresh) decoded together in one call, then unstacked,
+    give what each gives alone (to float rounding) and carry on correctly afterwards."""
+    from q3tts.codec.decoder import DecoderStream
+
+    codes = [random_codes(n, 20 + n) for n in (80, 3, 0)]  # histories: beyond the window, short, fresh
+    alone, together = [decoder.new_stream(1) for _ in codes], [decoder.new_stream(1) for _ in codes]
+    for c, a, b in zip(codes, alone, together):
+        decoder.decode_chunk(c, a)
+        decoder.decode_chunk(c, b)
+    for step in range(3):
+        nxt = [random_codes(4, 100 * step + i) for i in range(3)]
+        want = [decoder.decode_chunk(c, a) for c, a in zip(nxt, alone)]
+        stacked = DecoderStream.stack(together)
+        got = decoder.decode_chunk(torch.cat(nxt), stacked)
+        stacked.unstack(together)
+        for i in range(3):
+            torch.testing.assert_close(got[i : i + 1], want[i], atol=1e-5, rtol=0)
+    assert [s.frames for s in together] == [a.frames for a in alone] == [92, 15, 12]

@@ -41,7 +41,7 @@ def test_single_request_equals_the_api(tts):
         job = sched.submit(utt, chunk_frames=3, max_new_tokens=20, **GREEDY)
         wav = collect(job)
     assert job.finish_reason in ("stop", "length") and job.first_chunk_seconds is not None
-    assert np.array_equal(wav, solo(tts, "Hello from the scheduler.", "Vivian", 20, **GREEDY))
+    assert np.max(np.abs(wav - solo(tts, "Hello from the scheduler.", "Vivian", 20, **GREEDY))) < 1e-5
 
 
 def test_concurrent_requests_share_steps_and_match_solo_runs(tts):

@@ -38,8 +38,29 @@ class DecoderStream:
     """What a streaming decode carries between chunks; one per concurrent stream, never on the model."""
 
     batch: int
-    frames: int = 0  # frames decoded so far = RoPE position of the next frame
+    frames: int | torch.Tensor = 0  # frames decoded so far = RoPE position of the next frame ([B] when stacked)
     history: dict[Hashable, torch.Tensor] = field(default_factory=dict)  # per layer: its last inputs
+
+    @staticmethod
+    def stack(streams: list["DecoderStream"]) -> "DecoderStream":
+        """One stream over the rows of several, which may be at different frames: decode their next
+        chunks (of equal length) in one call, then `unstack` the result back into them."""
+        rows = [torch.full((s.batch,), int(s.frames)) for s in streams]
+        out = DecoderStream(sum(s.batch for s in streams), torch.cat(rows))
+        for key in {k for s in streams for k in s.history}:
+            like = next(s.history[key] for s in streams if key in s.history)
+            out.history[key] = torch.cat([s.history[key] if key in s.history else  # a fresh stream: zeros
+                                          like.new_zeros((s.batch, *like.shape[1:])) for s in streams])  # fmt: skip
+        return out
+
+    def unstack(self, streams: list["DecoderStream"]) -> None:
+        """Write this stacked stream's state back into the streams it was made from."""
+        row = 0
+        for s in streams:
+            s.frames = int(self.frames[row])
+            for key, value in self.history.items():
+                s.history[key] = value[row : row + s.batch]
+            row += s.batch
 
 
 def _with_history(stream: DecoderStream, key: Hashable, x: torch.Tensor, n: int, dim: int = -1) -> torch.Tensor:
@@ -276,10 +297,11 @@ class WindowAttention(nn.Module):
         v_win = v.unfold(2, w, 1).transpose(-1, -2)[:, :, None]
         q = q.view(b, hkv, rep, t, 1, self.head_dim)  # query heads grouped by their kv head
         scores = (q * k_win).sum(-1) * self.head_dim**-0.5  # [B, Hkv, rep, T, w]
-        if start < w - 1:  # window slots before position 0 hold zero padding, not keys
+        if bool(torch.as_tensor(start < w - 1).any()):  # window slots before position 0 hold zero padding
             slot = torch.arange(w, device=x.device)
-            pos = torch.arange(start, start + t, device=x.device)
-            scores = scores.masked_fill(slot[None, :] < (w - 1) - pos[:, None], float("-inf"))
+            pos = torch.as_tensor(start, device=x.device).reshape(-1, 1) + torch.arange(t, device=x.device)  # [1|B, T]
+            hidden = slot[None, None, :] < (w - 1) - pos[:, :, None]  # [1|B, T, w]
+            scores = scores.masked_fill(hidden[:, None, None], float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
         out = (probs[..., None] * v_win).sum(-2)  # [B, Hkv, rep, T, D]
         out = out.view(b, self.heads, t, self.head_dim).transpose(1, 2).reshape(b, t, -1)
@@ -329,7 +351,8 @@ class DecoderTransformer(nn.Module):
         self.output_proj = nn.Linear(cfg.hidden_size, cfg.latent_dim)
 
     def forward(self, x: torch.Tensor, start: int, stream: DecoderStream) -> torch.Tensor:  # [B, T, latent]
-        positions = torch.arange(start, start + x.shape[1], device=x.device)[None]  # continue across chunks
+        # Positions continue across chunks; stacked streams ([B] starts) each have their own.
+        positions = torch.as_tensor(start, device=x.device).reshape(-1, 1) + torch.arange(x.shape[1], device=x.device)
         rope = rope_tables(positions, self.head_dim, self.rope_theta)
         x = linear(x, self.input_proj.weight, self.input_proj.bias)
         for layer in self.layers:
@@ -378,7 +401,7 @@ class CodecDecoder(nn.Module):
         assert g == self.cfg.num_quantizers, f"expected {self.cfg.num_quantizers} codebooks, got {g}"
         assert b == stream.batch, f"stream was made for batch {stream.batch}, got codes for batch {b}"
         start = stream.frames
-        stream.frames += t
+        stream.frames = start + t  # not +=: a stacked stream's frames is a tensor that `start` must keep
         if t == 0:
             return self.decoder[-1].conv.weight.new_zeros(b, 1, 0)
         x = self.quantizer(codes).transpose(1, 2)  # [B, codebook_dim, T]

@@ -13,10 +13,12 @@ compete for cores. Figures, per batch size B (a *step* makes one frame for each 
   talker ms/step       the talker's one-frame forwards / steps
   code predictor       codebooks 1..15 of a frame (15 sub-steps, heads and sampling) / steps
   codec ms/step        codes -> audio / steps
-  total ms/step        wall time of the whole call, text in and audio out, / steps
+  total ms/step        wall time of the whole call, text in and audio out, / steps (and the
+                       fastest run's: on a shared machine the least disturbed one)
   RTF                  wall / audio seconds of one row: below 1 is faster than real time
   first chunk ms       stream(..., first_chunk_frames=1) at batch 1: call to first audio
   peak RSS             VmHWM of the measuring process (load included); peak GPU when on CUDA
+  RSS after load       resident memory once the weights are loaded (and quantised)
 
 Timings are medians over `--repeat` runs after `--warmup` runs. The split comes from hooks on
 the child's own model instance (the engine code is not changed): a forward pre/post hook on the
@@ -87,8 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the bench for parsed arguments; prints the report, returns the exit status."""
     try:
+        ref_python = reference_python(args) if args.reference else None  # before writing any checkpoint
         config = make_config(args)
-        report = bench(config, reference_python(args) if args.reference else None)
+        report = bench(config, ref_python)
     except BenchError as e:
         print(f"q3tts bench: error: {e}", file=sys.stderr)
         return 2
@@ -168,9 +171,12 @@ def bench(config: dict, ref_python: Optional[str]) -> dict:
     """Measure ours (and the reference when `ref_python` is given) in child processes."""
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    runs = (config["warmup"] + config["repeat"]) * (len(config["batches"]) + 1)
+    print(f"q3tts bench: measuring q3tts ({runs} runs of {config['frames']} frames) ...", file=sys.stderr, flush=True)
     ours = run_child([sys.executable, "-m", "q3tts.bench", "--_child"], config, env, "q3tts")
     report: dict[str, Any] = dict(config=config, ours=summarise_side(ours, config), reference=None, ratios=None)
     if ref_python:
+        print(f"q3tts bench: measuring the reference with {ref_python} ...", file=sys.stderr, flush=True)
         ref = run_child([ref_python, str(REFERENCE_SCRIPT)], config, None, "reference")
         report["reference"] = summarise_side(ref, config)
         report["ratios"] = ratios(report["ours"], report["reference"])
@@ -246,10 +252,10 @@ def ratios(ours: dict, ref: dict) -> dict:
         peak_gpu=ratio(ref.get("peak_gpu_bytes"), ours.get("peak_gpu_bytes")),
         load=ratio(ref["load_seconds"], ours["load_seconds"]),
     )
-    for batch in ours["runs"].keys() & ref["runs"].keys():
+    for batch in sorted(ours["runs"].keys() & ref["runs"].keys(), key=int):
         o, r = ours["runs"][batch], ref["runs"][batch]
         out[f"batch_{batch}"] = {key: ratio(r[key], o[key]) for key in
-                                 ("total_ms_per_step", "talker_ms_per_step", "code_predictor_ms_per_step",
+                                 ("total_ms_per_step", "total_ms_per_step_min", "talker_ms_per_step", "code_predictor_ms_per_step",
                                   "codec_ms_per_step", "prefill_ms", "rtf")}  # fmt: skip
     return out
 
@@ -265,6 +271,7 @@ ROWS = [  # (label, key in a batch's figures, format)
     ("codec ms/step", "codec_ms_per_step", "{:.1f}"),
     ("other ms/step", "other_ms_per_step", "{:.1f}"),
     ("total ms/step", "total_ms_per_step", "{:.1f}"),
+    ("  best run", "total_ms_per_step_min", "{:.1f}"),
     ("frames/s, all rows", "frames_per_second", "{:.2f}"),
     ("RTF (wall/audio)", "rtf", "{:.3f}"),
 ]
@@ -299,6 +306,7 @@ def format_report(report: dict) -> str:
         first_chunk += f", reference {fmt_ms(ref['first_chunk_ms'])} ({ref.get('first_chunk_note', '')})"
     lines.append(first_chunk)
     lines.append(memory_line("peak RSS", ours["peak_rss_bytes"], ref and ref["peak_rss_bytes"]))
+    lines.append(memory_line("RSS after load", ours["rss_after_load_bytes"], ref and ref["rss_after_load_bytes"]))
     if ours.get("peak_gpu_bytes") is not None:
         lines.append(memory_line("peak GPU memory", ours["peak_gpu_bytes"], ref and ref.get("peak_gpu_bytes")))
     lines.append(f"load s                  ours {ours['load_seconds']:.1f}"

@@ -22,6 +22,8 @@ and they alone choose the codes.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import warnings
 from pathlib import Path
@@ -141,7 +143,7 @@ def quantize_int8_(module: nn.Module, kernel: Kernel = "auto") -> nn.Module:
     if any(isinstance(m, Int8Linear) for m in module.modules()):
         raise QuantizationError("this module is already quantised to int8")
     devices = {p.device.type for p in module.parameters()}
-    if devices != {"cpu"}:
+    if devices - {"cpu"}:
         raise QuantizationError(f"int8 quantisation is CPU-only; this module is on {', '.join(sorted(devices))}")
     if kernel == "auto":
         kernel = "dynamic" if dynamic_kernel_available() else "weight_only"
@@ -149,12 +151,27 @@ def quantize_int8_(module: nn.Module, kernel: Kernel = "auto") -> nn.Module:
         raise QuantizationError("the dynamic int8 kernel needs torch's x86/fbgemm quantised engine (an x86 CPU)")
     if kernel not in ("dynamic", "weight_only"):
         raise QuantizationError(f"unknown kernel '{kernel}', expected auto, dynamic or weight_only")
-    targets = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear)
-               and not any(part in SKIPPED_LINEARS for part in name.split("."))]  # fmt: skip
-    for name, linear in targets:
+    names = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)
+             and not any(part in SKIPPED_LINEARS for part in name.split("."))]  # fmt: skip
+    for name in names:  # by name, so that no local keeps a float weight alive past the trim below
         parent_name, _, child = name.rpartition(".")
-        setattr(module.get_submodule(parent_name), child, Int8Linear(linear, kernel))
+        parent = module.get_submodule(parent_name)
+        setattr(parent, child, Int8Linear(getattr(parent, child), kernel))
+    release_freed_memory()
     return given
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc only; a no-op elsewhere).
+
+    The float weights we just dropped were mostly carved from glibc's heap, which keeps freed
+    chunks for reuse: without a trim the process stays as large as before quantising (measured on
+    the 0.6B model: 4.3 GiB resident before the trim, 2.3 GiB after)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def linear_weight_bytes(module: nn.Module) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """Which CPU kernel runs a weight-only int8 linear fastest, on the 0.6B talker's shapes?
 
     .venv/bin/python tools/bench_int8_kernels.py [--threads 2] [--rows 1 4] [--rounds 5]
+    .venv/bin/python tools/bench_int8_kernels.py --accuracy checkpoints/0.6b-custom_voice
 
 Times the seven linears of one decoder layer (hidden 1024, q 16x128, kv 8x128, intermediate
 3072; the talker and the code predictor of the 0.6B model have the same layer shapes) plus the
@@ -8,6 +9,9 @@ codec head, for each candidate, at M rows of activations, over --layers distinct
 the weights stream from memory as in a real forward rather than sit in the CPU cache. Rounds
 are interleaved and the best round is kept: on a shared machine the minimum is the least
 disturbed measurement.
+
+--accuracy compares, on a CustomVoice checkpoint, the talker's codec-head logits and the code
+predictor's first-head logits over a real prompt, float32 against each int8 kernel.
 """
 
 from __future__ import annotations
@@ -71,6 +75,40 @@ def run_all(fn: Callable, shapes: list[tuple[int, int]], inputs: dict[int, torch
         fn(i, inputs[k])
 
 
+def logits_over_prompt(talker, prefill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(talker codec-head logits [T, V], code-predictor head-0 logits [T, V_cp]) for prefill [T, H]."""
+    with torch.inference_mode():
+        positions = torch.arange(prefill.shape[0])
+        hidden = talker(prefill[None], positions[None])
+        cp = talker.code_predictor
+        return talker.codec_head(hidden)[0], cp.lm_head[0](cp(hidden, positions))[0]
+
+
+def accuracy(checkpoint: str) -> None:
+    from q3tts.api import Qwen3TTS
+    from q3tts.quant import quantize_int8_
+
+    def load():
+        tts = Qwen3TTS.from_pretrained(checkpoint, device="cpu", dtype="float32")
+        utts = tts._custom_voice_utterances("Hello! This is a test of int8 weights, one ordinary sentence.",
+                                            tts.get_supported_speakers()[0], "english", None, True)  # fmt: skip
+        return tts.checkpoint.networks.talker, tts._prompts(utts)[0].prefill
+
+    talker, prefill = load()
+    reference = logits_over_prompt(talker, prefill)
+    del talker
+    print(f"{checkpoint}: {prefill.shape[0]} prompt positions; cosine = min over positions")
+    for kernel in ("dynamic", "weight_only"):
+        talker, _ = load()
+        quantize_int8_(talker, kernel)
+        for name, ref, got in zip(("talker codec head", "code predictor head 0"), reference,
+                                  logits_over_prompt(talker, prefill)):  # fmt: skip
+            cosine = F.cosine_similarity(ref, got, dim=-1).min().item()
+            agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+            print(f"  {kernel:12s} {name:22s} cosine {cosine:.5f}  argmax agreement {agree:.3f}")
+        del talker
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -79,9 +117,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--layers", type=int, default=8,
                     help="distinct copies of the weights, so that they do not all fit in the CPU cache")  # fmt: skip
+    ap.add_argument("--accuracy", metavar="CHECKPOINT", help="compare logits float vs int8 instead of timing")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")  # torch.ao and quantised-tensor deprecation notices
     torch.set_num_threads(args.threads)
+    if args.accuracy:
+        return accuracy(args.accuracy)
     gen = torch.Generator().manual_seed(0)
     shapes = SHAPES * args.layers
     weights = [torch.randn(n, k, generator=gen) / k**0.5 for n, k in shapes]

@@ -24,6 +24,7 @@ from .audio import SAMPLE_RATE, AudioError, load_audio, mel_spectrogram
 from .engine import Engine, length_cap
 from .model import Checkpoint, load_checkpoint
 from .prompt import Prompt, Utterance, build_prompt
+from .quant import QuantizationError, quantize_int8_
 from .sampling import SamplingOptions
 from .segment import split_text
 
@@ -58,6 +59,17 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     if dtype not in names:
         raise ValueError(f"unknown dtype '{dtype}', expected one of {sorted(names)}")
     return names[dtype]
+
+
+def resolve_quantize(quantize: Optional[str], device: torch.device) -> Optional[str]:
+    """None/"none" -> None; "int8" -> "int8" on CPU. Refused early, before any weight is read."""
+    if quantize in (None, "none"):
+        return None
+    if quantize != "int8":
+        raise QuantizationError(f"unknown quantize '{quantize}', expected 'int8' or None")
+    if device.type != "cpu":
+        raise QuantizationError(f"int8 weights are for CPU; on {device.type} use dtype='bfloat16'")
+    return quantize
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,11 +150,14 @@ def _as_list(value, n: int, name: str) -> list:
 class Qwen3TTS:
     """A loaded Qwen3-TTS checkpoint. Safe to share between threads: calls keep their state local."""
 
-    def __init__(self, path_or_repo: str | Path, device="auto", dtype="auto", codec_dtype=torch.float32, lazy=False):
+    def __init__(self, path_or_repo: str | Path, device="auto", dtype="auto", codec_dtype=torch.float32, lazy=False,
+                 quantize: Optional[str] = None, cuda_graphs: bool = True):  # fmt: skip
         self.source = path_or_repo
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.codec_dtype = resolve_dtype(codec_dtype, self.device)
+        self.quantize = resolve_quantize(quantize, self.device)
+        self.cuda_graphs = cuda_graphs
         self._checkpoint: Optional[Checkpoint] = None
         self._engine: Optional[Engine] = None
         if not lazy:
@@ -151,7 +166,9 @@ class Qwen3TTS:
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, device="auto", dtype="auto", **kwargs) -> "Qwen3TTS":
         """Load a checkpoint folder or Hugging Face repo id. `dtype`: "auto" (bf16 on GPU, fp32 on
-        CPU), "float32", "bfloat16", "float16" or a torch.dtype. Unknown kwargs of the official
+        CPU), "float32", "bfloat16", "float16" or a torch.dtype. `quantize="int8"` (CPU only)
+        stores the talker's and code predictor's linears as int8 (see quant.py). On CUDA the decode
+        steps are replayed as CUDA graphs unless `cuda_graphs=False` (see static_decode.py). Unknown kwargs of the official
         loader (device_map, attn_implementation, torch_dtype) are accepted for drop-in use."""
         device = kwargs.pop("device_map", device)
         dtype = kwargs.pop("torch_dtype", dtype)
@@ -162,7 +179,9 @@ class Qwen3TTS:
     def load(self) -> "Qwen3TTS":
         if self._checkpoint is None:
             ck = load_checkpoint(self.source, self.device, self.dtype, self.codec_dtype)
-            self._checkpoint, self._engine = ck, Engine(ck.networks, ck.config)
+            if self.quantize == "int8":
+                quantize_int8_(ck.networks.talker)  # the talker holds the code predictor
+            self._checkpoint, self._engine = ck, Engine(ck.networks, ck.config, "auto" if self.cuda_graphs else "off")
         return self
 
     def unload(self) -> None:

@@ -44,6 +44,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("audio", "AudioError"),
         ("api", "InputError"),
         ("speech_tokenizer", "CodesError"),
+        ("quant", "QuantizationError"),
     ):
         try:
             errors.append(getattr(__import__(f"q3tts.{module}", fromlist=[name]), name))
@@ -222,7 +223,8 @@ def _load_tts(args, command: str, kind: str):
     with Status(not args.quiet) as status:
         status.update(f"loading {args.model} ...", force=True)
         t0 = time.perf_counter()
-        model = Qwen3TTS.from_pretrained(folder, device=args.device, dtype=args.dtype)
+        model = Qwen3TTS.from_pretrained(folder, device=args.device, dtype=args.dtype,
+                                         quantize=getattr(args, "quantize", None))  # fmt: skip
     note(f"loaded {args.model} ({model.kind}, {model.device.type}, {str(model.dtype).split('.')[-1]}) "
          f"in {seconds(time.perf_counter() - t0)}", args.quiet)  # fmt: skip
     return model
@@ -825,6 +827,8 @@ def _synthesis_parent() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")  # fmt: skip
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8 weights for the talker and code predictor (CPU: about 3x less memory traffic)")  # fmt: skip
     g = p.add_argument_group("generation")
     g.add_argument("--seed", type=int, help="seed the sampler, for repeatable output")
     g.add_argument("--greedy", action="store_true", help="no sampling: argmax for every codebook")

@@ -22,6 +22,7 @@ from q3tts import cli
 from q3tts.api import Qwen3TTS
 from q3tts.cli import main
 from q3tts.cli_progress import Status
+from q3tts.quant import Int8Linear
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = ["--greedy", "--max-new-tokens", "6", "-q"]  # 5 frames, no EOS needed from random weights
@@ -36,7 +37,7 @@ def shared_models():
     load = Qwen3TTS.from_pretrained.__func__
 
     def cached(cls, path, device="auto", dtype="auto", **kwargs):
-        key = (str(path), str(device), str(dtype))
+        key = (str(path), str(device), str(dtype), kwargs.get("quantize"))
         if key not in _MODELS:
             _MODELS[key] = load(cls, path, device=device, dtype=dtype, **kwargs)
         return _MODELS[key]
@@ -406,3 +407,12 @@ def test_status_line_only_on_a_tty():
     with Status(enabled=False, stream=Tty()) as quiet:
         quiet.update("x", force=True)
     assert tty.getvalue() == "\rgenerating: 3 frames\033[K\r\033[K" and pipe.getvalue() == ""
+
+
+def test_speak_quantize_int8(cv, tmp_path, capsys):
+    out = tmp_path / "int8.wav"
+    assert main(["speak", "Hello there.", "-m", cv, "--speaker", "vivian", "-o", str(out), "--quantize", "int8",
+                 "--device", "cpu", *GEN]) == 0  # fmt: skip
+    check_audio(out)
+    (model,) = [model for key, model in _MODELS.items() if key[0] == cv and key[3] == "int8"]
+    assert any(isinstance(m, Int8Linear) for m in model.checkpoint.networks.talker.modules())

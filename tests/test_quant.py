@@ -85,3 +85,25 @@ def test_quantising_twice_is_an_error(tts):
 def test_default_threads_is_sane():
     n = default_threads()
     assert 1 <= n <= min(8, os.cpu_count() or 1)
+
+
+def test_from_pretrained_quantize_int8_survives_unload(make_tiny):
+    model = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32", quantize="int8")
+
+    def int8_layers() -> int:
+        return sum(isinstance(m, Int8Linear) for m in model.checkpoint.networks.talker.modules())
+
+    n = int8_layers()
+    plain = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32").checkpoint
+    linears = [name for name, m in plain.networks.talker.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert n == len([name for name in linears if "head" not in name]) > 0  # every linear but the output heads
+    wavs, _ = model.generate_custom_voice("Hello.", speaker="Vivian", max_new_tokens=5, seed=0)
+    assert wavs[0].size > 0 and np.isfinite(wavs[0]).all()
+    model.unload()
+    assert int8_layers() == n  # reloaded with the same option
+
+
+@pytest.mark.parametrize("device, quantize, match", [("cuda", "int8", "for CPU"), ("cpu", "int4", "unknown quantize")])
+def test_quantize_option_errors_before_loading(make_tiny, device, quantize, match):
+    with pytest.raises(QuantizationError, match=match):
+        Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device=device, quantize=quantize, lazy=True)

@@ -18,6 +18,7 @@ FLAGS = [  # (flag, settings field, type, help)
     ("--port", "port", int, "port (default 8000)"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:1, mps"),
     ("--dtype", "dtype", str, "auto, float32, bfloat16, float16"),
+    ("--quantize", "quantize", str, "int8: int8 talker and code-predictor weights (CPU only)"),
     ("--voices-dir", "voices_dir", str, "saved voices (default: as `q3tts voices`, ~/.local/share/q3tts/voices)"),
     ("--api-key", "api_keys", str, "require `Authorization: Bearer KEY` on /v1/* (repeat for several keys)"),
     ("--max-batch", "max_batch", int, "requests generated together (default 16)"),

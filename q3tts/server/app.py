@@ -82,7 +82,7 @@ def _mount_ui(app: FastAPI, settings: Settings, tts: Optional[Qwen3TTS]):
         if tts is None:  # configured now (configs only), so the UI knows the served model's speakers
             specs = {settings.model_id: settings.model, **specs}
         models = ModelManager(specs, device=settings.device, dtype=settings.dtype, max_batch=settings.max_batch,
-                              max_queue=settings.max_queue)  # fmt: skip
+                              max_queue=settings.max_queue, quantize=settings.quantize)  # fmt: skip
         keys = set(settings.api_keys)
         # With API keys set, the UI asks for one too (as the password; any user name).
         auth = (lambda _user, password: password in keys) if keys else None
@@ -98,7 +98,7 @@ async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> N
         if tts is None:
             log.info("loading %s", settings.model)
             tts = await asyncio.to_thread(Qwen3TTS.from_pretrained, settings.model, device=settings.device,
-                                          dtype=settings.dtype)  # fmt: skip
+                                          dtype=settings.dtype, quantize=settings.quantize)  # fmt: skip
         voices = await asyncio.to_thread(VoiceLibrary, settings.voices_dir)
         if scheduler is None:
             scheduler = SpeechScheduler(tts, max_batch=settings.max_batch, max_queue=settings.max_queue)

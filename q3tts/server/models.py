@@ -76,9 +76,9 @@ def _read_config(source: str):
 
 class ModelManager:
     def __init__(self, checkpoints: dict[str, str | os.PathLike], device: str = "auto", dtype: str = "auto",
-                 max_batch: int = 8, max_queue: int = 32):  # fmt: skip
+                 max_batch: int = 8, max_queue: int = 32, quantize: Optional[str] = None):  # fmt: skip
         """`checkpoints`: name -> folder or Hugging Face repo id. Only the configs are read here."""
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.quantize = device, dtype, quantize
         self.max_batch, self.max_queue = max_batch, max_queue
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
@@ -141,7 +141,8 @@ class ModelManager:
         with self._lock:
             e = self._entry(key)
             if e.scheduler is None:
-                tts = Qwen3TTS.from_pretrained(e.source, device=self.device, dtype=self.dtype, lazy=True).load()
+                tts = Qwen3TTS.from_pretrained(e.source, device=self.device, dtype=self.dtype, quantize=self.quantize,
+                                               lazy=True).load()
                 e.tts, e.scheduler = tts, SpeechScheduler(tts, self.max_batch, self.max_queue).start()
             return e.tts, e.scheduler
 

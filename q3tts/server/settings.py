@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     port: int = 8000
     device: str = "auto"
     dtype: str = "auto"
+    quantize: Optional[Literal["none", "int8"]] = None  # "int8": int8 talker/code-predictor weights (CPU only)
     # Saved (cloned) voices, kept across restarts: the folder `q3tts voices` uses
     # ($Q3TTS_VOICES_DIR, else $XDG_DATA_HOME/q3tts/voices, else ~/.local/share/q3tts/voices).
     voices_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share")

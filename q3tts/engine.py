@@ -19,6 +19,7 @@ from .layers import causal_mask
 from .model import TTSNetworks
 from .prompt import Prompt
 from .sampling import SamplingOptions, choose, penalise_repeats
+from .static_decode import DecoderPool
 
 
 class LengthCapWarning(UserWarning):
@@ -41,7 +42,10 @@ def length_cap(text_tokens: int, frame_rate: float = 12.5) -> int:
 
 
 class Engine:
-    def __init__(self, networks: TTSNetworks, config: ModelConfig):
+    """`static`: "auto" (fixed-shape steps replayed as CUDA graphs on CUDA, the dynamic loop
+    elsewhere), "off", or "eager" (the fixed-shape steps without graphs: for tests on CPU)."""
+
+    def __init__(self, networks: TTSNetworks, config: ModelConfig, static: str = "auto"):
         self.networks = networks
         self.config = config
         self.talker = networks.talker
@@ -54,6 +58,11 @@ class Engine:
         suppress[t.vocab_size - 1024 :] = True
         suppress[self.eos] = False
         self.suppress = suppress.to(self.device)
+        self.predictor_positions = torch.arange(self.groups + 1, device=self.device)
+        if static not in ("auto", "off", "eager"):
+            raise ValueError(f"static must be auto, off or eager, got {static!r}")
+        use_static = static == "eager" or (static == "auto" and self.device.type == "cuda")
+        self.decoders = DecoderPool(self) if use_static else None
 
     @property
     def device(self) -> torch.device:
@@ -81,26 +90,32 @@ class Engine:
         pad = torch.stack([p.pad for p in prompts]).to(self.dtype)
         return prefill, valid, trailing, pad
 
-    def predict_rest(self, hidden: torch.Tensor, code0: torch.Tensor, pick: Callable[[torch.Tensor], torch.Tensor]):
+    def predict_rest(self, hidden: torch.Tensor, code0: torch.Tensor, pick: Callable[..., torch.Tensor],
+                     caches: Optional[list] = None) -> torch.Tensor:  # fmt: skip
         """Codebooks 1..G-1 for a frame. hidden [B, H] (talker), code0 [B] -> codes [B, G].
-        `pick(logits [B, V]) -> ids [B]` chooses each codebook's ids."""
+        `pick(logits [B, V], g) -> ids [B]` chooses codebook g's ids. `caches`: reused when given
+        (positions restart every frame and the mask hides the older slots)."""
         cp = self.predictor
-        caches = cp.new_caches(code0.shape[0])
+        caches = caches if caches is not None else cp.new_caches(code0.shape[0])
         x = torch.stack([hidden, self.talker.embed_codec(code0)], dim=1)
-        pos = torch.arange(2, device=self.device)
+        positions = self.predictor_positions
+        pos = positions[:2]
         h = cp(x, pos, caches, pos)[:, -1]
         codes = [code0]
         for g in range(1, self.groups):
-            nxt = pick(cp.lm_head[g - 1](h).float())
+            nxt = pick(cp.lm_head[g - 1](h).float(), g)
             codes.append(nxt)
             if g == self.groups - 1:
                 break
-            pos = torch.tensor([g + 1], device=self.device)
+            pos = positions[g + 1 : g + 2]
             h = cp(cp.embed_code(g, nxt)[:, None], pos, caches, pos)[:, -1]
         return torch.stack(codes, dim=1)
 
-    def _predict_rest(self, hidden, code0, opts: SamplingOptions, generator) -> torch.Tensor:
-        def pick(logits):
+    def _predict_rest(self, hidden, code0, opts: SamplingOptions, generator, decoder=None) -> torch.Tensor:
+        if decoder is not None:
+            return decoder.predict_rest(hidden, code0, generator)
+
+        def pick(logits, g):
             return choose(logits, opts.subtalker_greedy, opts.subtalker_temperature, opts.subtalker_top_k,
                           opts.subtalker_top_p, generator)  # fmt: skip
 
@@ -134,16 +149,30 @@ class Engine:
         caps_t = torch.tensor([min(c, max_frames) for c in (caps or [max_frames] * B)], device=self.device)
         prefill, valid_prefill, trailing, pad = self._batch_prompts(prompts)
         T = prefill.shape[1]
-        total = T + max_frames + 1
-        caches = self.talker.new_caches(B, total)
-        valid = torch.zeros(B, total, dtype=torch.bool, device=self.device)
-        valid[:, :T] = valid_prefill
-        slots = torch.arange(total, device=self.device)
+        total = T + int(caps_t.max()) + 2
+        lent = self.decoders.acquire(B, total, opts) if self.decoders is not None else None
+        try:
+            yield from self._frames(prefill, valid_prefill, trailing, pad, opts, caps_t, generator,
+                                    lent[1] if lent else None)  # fmt: skip
+        finally:
+            if lent:
+                self.decoders.release(*lent)
+
+    def _frames(self, prefill, valid_prefill, trailing, pad, opts, caps_t, generator, decoder) -> Iterator[FrameStep]:
+        B, T = prefill.shape[:2]
+        max_frames = opts.max_new_tokens - 1
         positions = (valid_prefill.long().cumsum(-1) - 1).masked_fill(~valid_prefill, 1)
         next_position = valid_prefill.sum(-1)  # [B] RoPE position of the first generated frame
-
-        hidden = self.talker(prefill, positions, causal_mask(slots[:T], slots[:T], valid[:, :T]), caches, slots[:T])
-        hidden = hidden[:, -1]
+        if decoder is not None:
+            hidden = decoder.prefill(prefill, positions, valid_prefill)
+        else:
+            total = T + int(caps_t.max()) + 2
+            caches = self.talker.new_caches(B, total)
+            valid = torch.zeros(B, total, dtype=torch.bool, device=self.device)
+            valid[:, :T] = valid_prefill
+            slots = torch.arange(total, device=self.device)
+            hidden = self.talker(prefill, positions, causal_mask(slots[:T], slots[:T], valid[:, :T]), caches, slots[:T])
+            hidden = hidden[:, -1]
         seen = torch.zeros(B, self.config.talker.vocab_size, dtype=torch.bool, device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         emitted_count = torch.zeros(B, dtype=torch.long, device=self.device)
@@ -159,20 +188,23 @@ class Engine:
                     f"generation reached {why} ({limit} frames) without an end-of-speech token; "
                     "the audio was cut there",
                     LengthCapWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 done |= capped
             if bool(done.all()):
                 return
-            codes = self._predict_rest(hidden, code0, opts, generator)
+            codes = self._predict_rest(hidden, code0, opts, generator, decoder)
             emitted = ~done
             yield FrameStep(codes, emitted, hidden)
             emitted_count += emitted.long()
 
-            frame = self.talker.embed_frame(codes)
             text = trailing[:, step] if step < trailing.shape[1] else pad
+            pos = (next_position + step)[:, None]
+            if decoder is not None:
+                hidden = decoder.talker_step(codes, text, pos, T + step)
+                continue
+            frame = self.talker.embed_frame(codes)
             slot = slots[T + step : T + step + 1]
             valid[:, T + step] = True
-            pos = (next_position + step)[:, None]
             mask = causal_mask(slot, slots[: T + step + 1], valid[:, : T + step + 1])
             hidden = self.talker((frame + text)[:, None], pos, mask, caches, slot)[:, -1]

@@ -66,17 +66,10 @@ def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -
     return torch.where(seen, penalised, logits)
 
 
-def choose(
-    logits: torch.Tensor,  # [B, V] float32
-    greedy: bool,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    generator: Optional[torch.Generator],
-) -> torch.Tensor:
-    """Next ids [B]. The warpers run in the Hugging Face order: temperature, top-k, top-p."""
-    if greedy:
-        return logits.argmax(-1)
+def filtered_scores(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """logits [B, V] -> scores whose softmax is the sampling distribution: the Hugging Face warpers
+    in their order (temperature, top-k, top-p), dropped ids at -inf. No host sync, so it can run
+    inside a CUDA graph."""
     scores = logits / temperature
     if 0 < top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
@@ -88,5 +81,19 @@ def choose(
         drop_sorted[..., -1:] = False  # always keep the most likely id
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         scores = scores.masked_fill(drop, float("-inf"))
-    probs = scores.softmax(-1)
+    return scores
+
+
+def choose(
+    logits: torch.Tensor,  # [B, V] float32
+    greedy: bool,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: Optional[torch.Generator],
+) -> torch.Tensor:
+    """Next ids [B]: argmax when greedy, else a draw from the filtered distribution."""
+    if greedy:
+        return logits.argmax(-1)
+    probs = filtered_scores(logits, temperature, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -366,7 +366,7 @@ class SpeechScheduler:
         scores[:, eng.eos] = scores[:, eng.eos].masked_fill(too_early, float("-inf"))
         return self._choose_grouped(scores, lambda o: (o.greedy, o.temperature, o.top_k, o.top_p))
 
-    def _pick_rest(self, logits: torch.Tensor) -> torch.Tensor:
+    def _pick_rest(self, logits: torch.Tensor, g: int) -> torch.Tensor:
         return self._choose_grouped(logits, lambda o: (o.subtalker_greedy, o.subtalker_temperature,
                                                        o.subtalker_top_k, o.subtalker_top_p))  # fmt: skip
 

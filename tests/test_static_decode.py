@@ -1,0 +1,122 @@
+"""The fixed-shape decode path (replayed as CUDA graphs on a GPU) run eagerly on CPU: the same
+greedy codes as the dynamic loop, per-row stopping, repeatable seeded sampling, and a decoder
+lent to one call at a time."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from q3tts.api import Qwen3TTS
+from q3tts.engine import Engine
+from q3tts.static_decode import CACHE_BUCKET
+
+GREEDY = dict(do_sample=False, subtalker_dosample=False)
+TEXTS = ["Hello.", "Hello world, this is a small test of the speech system.", "A calm narrator reads a story."]
+
+
+@pytest.fixture(scope="module")
+def pair(make_tiny):
+    """(dynamic model, the same weights on the static path)."""
+    dynamic = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32")
+    static = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32", lazy=True)
+    static._checkpoint = dynamic.checkpoint
+    static._engine = Engine(dynamic.checkpoint.networks, dynamic.checkpoint.config, static="eager")
+    assert dynamic.engine.decoders is None and static.engine.decoders is not None
+    return dynamic, static
+
+
+def codes(model, texts, **kw):
+    utts = model.utterances(texts, speaker=["Vivian", "Ryan", "Uncle_Fu"][: len(texts)], language="English")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.generate_codes(utts, **kw)
+
+
+def test_greedy_codes_equal_the_dynamic_loop(pair):
+    dynamic, static = pair
+    want = codes(dynamic, TEXTS, max_new_tokens=40, **GREEDY)
+    got = codes(static, TEXTS, max_new_tokens=40, **GREEDY)
+    assert [c.shape for c in got] == [c.shape for c in want] and got[0].shape[0] > 30
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    # the decoder went back to the pool, keyed by a bucketed cache length, and is reused
+    ((batch, length, *_),) = static.engine.decoders._free.keys()
+    assert batch == 3 and length % CACHE_BUCKET == 0
+    again = codes(static, TEXTS, max_new_tokens=40, **GREEDY)
+    assert all(torch.equal(a, b) for a, b in zip(again, want))
+    assert len(static.engine.decoders._free) == 1
+
+
+def test_audio_equals_the_dynamic_loop(pair):
+    dynamic, static = pair
+    kw = dict(speaker="Vivian", language="English", max_new_tokens=20, **GREEDY)
+    (a,), _ = dynamic.generate_custom_voice(TEXTS[1], **kw)
+    (b,), _ = static.generate_custom_voice(TEXTS[1], **kw)
+    assert a.shape == b.shape and (abs(a - b).max() < 1e-5)
+
+
+def test_rows_stop_on_their_own(pair):
+    _, static = pair
+    eos = static.checkpoint.config.talker.codec_eos_token_id
+    head = static.checkpoint.networks.talker.codec_head
+    stop, calls = [4, 2, 6], []
+
+    def say_eos(module, inputs, logits):
+        step = len(calls)
+        calls.append(step)
+        logits = logits.clone()
+        logits[..., eos] = float("-inf")
+        for row, at in enumerate(stop):
+            if step == at:
+                logits[row, eos] = 1e9
+        return logits
+
+    hook = head.register_forward_hook(say_eos)
+    try:
+        got = codes(static, TEXTS, max_new_tokens=30, **GREEDY)
+    finally:
+        hook.remove()
+    assert [c.shape[0] for c in got] == stop
+
+
+def test_seeded_sampling_is_repeatable_and_valid(pair):
+    _, static = pair
+    kw = dict(max_new_tokens=15, seed=11, subtalker_temperature=0.8, subtalker_top_k=20, subtalker_top_p=0.9)
+    a = codes(static, TEXTS[:2], **kw)
+    b = codes(static, TEXTS[:2], **kw)
+    c = codes(static, TEXTS[:2], **{**kw, "seed": 12})
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, c))
+    vocab = static.checkpoint.config.talker.code_predictor.vocab_size
+    assert all(int(x[:, 1:].min()) >= 0 and int(x[:, 1:].max()) < vocab for x in a)
+
+
+def test_sub_talker_top_k_1_is_greedy(pair):
+    """Gumbel-max over scores filtered to one id must pick that id: the sampled path with top_k=1
+    gives the greedy sub-talker codes."""
+    _, static = pair
+    greedy = codes(static, TEXTS[:1], max_new_tokens=12, **GREEDY)
+    top1 = codes(static, TEXTS[:1], max_new_tokens=12, do_sample=False, subtalker_top_k=1, seed=0)
+    assert torch.equal(greedy[0], top1[0])
+
+
+def test_a_busy_decoder_is_not_shared(pair):
+    """While a call holds the static decoder of a shape, another call of that shape runs the
+    dynamic loop instead of sharing its buffers; both give the same codes."""
+    _, static = pair
+    pool = static.engine.decoders
+    opts = static._options(dict(max_new_tokens=25, **GREEDY))
+    key, held = pool.acquire(1, 1, opts)  # the bucket every short one-row call of these options lands in
+    try:
+        assert pool.acquire(1, 1, opts) is None
+        before = [t.clone() for c in held.caches for t in (c.k, c.v)]
+        while_held = codes(static, TEXTS[:1], max_new_tokens=25, **GREEDY)
+        assert all(torch.equal(a, b) for a, b in zip(before, [t for c in held.caches for t in (c.k, c.v)]))
+    finally:
+        pool.release(key, held)
+    after = codes(static, TEXTS[:1], max_new_tokens=25, **GREEDY)
+    assert torch.equal(while_held[0], after[0])
+    assert not all(torch.equal(a, b) for a, b in zip(before, [t for c in held.caches for t in (c.k, c.v)]))

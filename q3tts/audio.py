@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import os
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -125,6 +126,8 @@ def _read(file, what: str) -> tuple[np.ndarray, int]:
         samples, rate = sf.read(file, dtype="float32", always_2d=True)  # [N, C]
     except (sf.LibsndfileError, RuntimeError, TypeError, EOFError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        # libsndfile names the in-memory file object ("Error opening <_io.BytesIO object at 0x..>: ...")
+        reason = re.sub(r"^Error opening <[^>]*>: ", "", reason)
         raise AudioError(f"cannot decode {what}: {reason}") from None
     return samples, int(rate)
 

@@ -186,7 +186,10 @@ def test_voice_prompt_round_trip(models, tmp_path):
                                                   x_vector_only_mode=True), "at most 60 s"),
         ("base", lambda m: m.generate_voice_clone("Hi", ref_audio=(np.zeros(48000, np.float32), 24000),
                                                   x_vector_only_mode=True), "silent"),
-        ("base", lambda m: m.generate_voice_clone("Hi", ref_audio=b"not audio at all", x_vector_only_mode=True), ""),
+        ("base", lambda m: m.generate_voice_clone("Hi", ref_audio=b"not audio at all", x_vector_only_mode=True),
+         "^cannot decode audio bytes: Format not recognised"),
+        ("base", lambda m: m.generate_voice_clone("Hi", ref_audio="/nonexistent/ref.wav", x_vector_only_mode=True),
+         "audio file not found: /nonexistent/ref.wav"),
         ("base", lambda m: m.generate_voice_clone("Hi", ref_audio=(reference_clip(), 24000)), "ref_text is required"),
     ],
 )  # fmt: skip
@@ -200,3 +203,31 @@ def test_wrong_kind_voice_prompt_file(models, tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"junk")
     with pytest.raises(InputError, match="voice prompt"):
         models["base"].generate_voice_clone("Hi", voice_clone_prompt=tmp_path / "x.safetensors")
+
+
+def test_voice_prompt_of_another_kind_or_size(models, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"ref_spk_embedding": torch.zeros(8)}, str(tmp_path / "plain.safetensors"))  # no q3tts metadata
+    with pytest.raises(InputError, match="not a q3tts voice prompt file"):
+        models["base"].generate_voice_clone("Hi", voice_clone_prompt=tmp_path / "plain.safetensors")
+    (item,) = models["base"].create_voice_clone_prompt((reference_clip(), 24000), x_vector_only_mode=True)
+    wider = VoiceClonePromptItem(None, torch.zeros(item.ref_spk_embedding.shape[-1] * 2), True, False, None)
+    wider.save(tmp_path / "wider.safetensors")
+    with pytest.raises(InputError, match="hidden size"):
+        models["base"].generate_voice_clone("Hi", voice_clone_prompt=tmp_path / "wider.safetensors")
+
+
+def test_instruct_on_the_small_custom_voice_model_is_refused(make_tiny, tmp_path):
+    import json
+    import shutil
+
+    folder = shutil.copytree(make_tiny("custom_voice"), tmp_path / "cv-0b6")
+    config = json.loads((folder / "config.json").read_text())
+    config["tts_model_size"] = "0b6"  # what the released 0.6B CustomVoice config says
+    (folder / "config.json").write_text(json.dumps(config))
+    model = Qwen3TTS.from_pretrained(folder, device="cpu", dtype="float32")
+    with pytest.raises(InputError, match="0.6B CustomVoice model does not support instruct"):
+        model.generate_custom_voice("Hi", speaker="Vivian", instruct="Speak slowly.")
+    wavs, _ = model.generate_custom_voice("Hi", speaker="Vivian", max_new_tokens=3, **GREEDY)
+    assert wavs[0].size > 0

@@ -229,3 +229,49 @@ def test_cli_info(make_tiny):
     assert info["kind"] == "custom_voice" and "vivian" in info["speakers"]
     assert info["dialect_speakers"] == {"eric": "sichuan_dialect", "dylan": "beijing_dialect"}
     assert "english" in info["languages"] and "beijing_dialect" not in info["languages"]
+
+
+def _tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return {f"{p.relative_to(folder)}:{k}": v for p in sorted(folder.rglob("*.safetensors"))
+            for k, v in load_file(str(p)).items()}  # fmt: skip
+
+
+def test_make_checkpoint_command_is_seeded(tmp_path):
+    """`q3tts make-checkpoint` writes the whole official layout; the seed alone decides the weights."""
+
+    def make(name: str, seed: int):
+        out = tmp_path / name
+        r = subprocess.run([sys.executable, "-m", "q3tts.cli", "make-checkpoint", str(out), "--preset", "tiny",
+                            "--kind", "voice_design", "--seed", str(seed)], capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert f"to {out}" in r.stdout
+        return out
+
+    a, b, c = make("a", 7), make("b", 7), make("c", 8)
+    files = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    for needed in ("config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
+                   "tokenizer_config.json", "speech_tokenizer/config.json", "speech_tokenizer/model.safetensors"):  # fmt: skip
+        assert needed in files
+    assert ModelConfig.from_file(a / "config.json").tts_model_type == "voice_design"
+    ta, tb, tc = _tensors(a), _tensors(b), _tensors(c)
+    assert ta.keys() == tb.keys() == tc.keys()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    differ = [k for k in ta if not torch.equal(ta[k], tc[k])]
+    assert len(differ) > len(ta) // 2  # another seed: other random weights (norms/biases may coincide)
+
+
+def test_no_transformers_at_run_time(make_tiny):
+    """Load and synthesise with `transformers` made unimportable: the core must not need it."""
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "from q3tts import Qwen3TTS\n"
+        f"m = Qwen3TTS.from_pretrained({str(make_tiny('custom_voice'))!r}, device='cpu')\n"
+        "wavs, sr = m.generate_custom_voice('Hello.', speaker='Vivian', max_new_tokens=4, seed=0)\n"
+        "assert sr == 24000 and wavs[0].size > 0\n"
+        "print('ok', sorted(k for k in sys.modules if k.split('.')[0] in ('transformers', 'accelerate')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "ok" and "accelerate" not in r.stdout

@@ -131,12 +131,18 @@ def client(cv):
 # -- speech -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["create", "with_streaming_response"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_every_format_decodes_to_the_generated_length(client, fmt):
-    r = client.audio.speech.create(model="tiny-cv", voice="Vivian", input="Hello there.", response_format=fmt,
-                                   extra_body=frames(8))  # fmt: skip
-    wav, sr = decode(r.content, fmt)
-    assert sr == 24000 and r.response.headers["x-sample-rate"] == "24000"
+def test_every_format_decodes_to_the_generated_length(client, fmt, streaming):
+    request = dict(model="tiny-cv", voice="Vivian", input="Hello there.", response_format=fmt, extra_body=frames(8))
+    if streaming:
+        with client.audio.speech.with_streaming_response.create(**request) as r:
+            headers, data = r.headers, b"".join(r.iter_bytes())
+    else:
+        r = client.audio.speech.create(**request)
+        headers, data = r.response.headers, r.content
+    wav, sr = decode(data, fmt)
+    assert sr == 24000 and headers["x-sample-rate"] == "24000"
     expected = 8 * FRAME
     if fmt in ("mp3", "aac"):  # lossy codecs add encoder delay and pad to whole codec frames
         assert expected <= wav.shape[0] <= expected + 2 * 1152

@@ -115,6 +115,18 @@ def test_greedy_generation_reproduces_training_codes(overfit, prepared):
     assert sr == SR and wavs[0].shape == (frames * 1920,)
 
 
+def test_new_speaker_rows_are_the_mean_of_their_clips(overfit, prepared):
+    """Each new speaker's codec-embedding row is the float32 mean of its clips' x-vectors, in the
+    export dtype: two distinct clips each, so a wrong average (or a single clip's) shows."""
+    examples = load_prepared(prepared[1])
+    table = load_file(str(overfit / "final" / "model.safetensors"))["talker.model.codec_embedding.weight"]
+    for name, sid in (("alice", 3000), ("bob", 3001)):
+        vectors = [e.xvector for e in examples if e.speaker == name]
+        assert len(vectors) == 2 and not torch.equal(vectors[0], vectors[1])
+        mean = torch.stack(vectors).double().mean(0).float()
+        assert torch.equal(table[sid], mean.to(table.dtype)), name
+
+
 def test_official_package_loads_export_and_agrees(overfit, prepared, oracle):
     final = str(overfit / "final")
     jobs = [dict(id="info", op="info", checkpoint=final)]
@@ -192,6 +204,12 @@ def test_layer_replacement_trains_only_new_layers(prepared, tmp_path):
     new_layers = {k for k in load_file(str(final / "model.safetensors")) if k.startswith(("talker.model.layers.1.",
                                                                                          "talker.model.layers.2."))}
     assert diff == new_layers | {"talker.model.codec_embedding.weight"} and rows == {3000, 3001}
+    # Against the same run with lr 0 (the new layers as initialised, same seed): training moved
+    # every tensor of the new layers and nothing else.
+    untrained = run(prepared, tmp_path / "lr0", mode="layers", max_steps=3, batch_size=4, lr=0.0,
+                    export_dtype="float32", **{"layers.replace": 1, "layers.add": 1})  # fmt: skip
+    moved, _ = changed(Path(untrained["final"]), final)
+    assert moved == new_layers
     tts = Qwen3TTS.from_pretrained(final, device="cpu", dtype="float32")
     assert len(tts.checkpoint.networks.talker.model.layers) == 3
 

@@ -391,9 +391,24 @@ def instrument(tts, clock: Stopwatch) -> None:
     eos_index = torch.tensor([engine.eos], device=engine.device)
     talker.codec_head.register_forward_hook(lambda mod, inp, logits: logits.index_fill(-1, eos_index, float("-inf")))
     starts: list[float] = []
-    talker.register_forward_pre_hook(lambda mod, args: starts.append(clock.now()))
-    talker.register_forward_hook(lambda mod, args, out: clock.add("prefill" if args[0].shape[1] > 1 else "talker",
-                                                                  starts.pop()))  # fmt: skip
+
+    def capturing() -> bool:  # no synchronising (nor timing) while a CUDA graph is being recorded
+        return engine.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+    def before(mod, args):
+        if not capturing():
+            starts.append(clock.now())
+
+    def after(mod, args, out):
+        if not capturing():
+            clock.add("prefill" if args[0].shape[1] > 1 else "talker", starts.pop())
+
+    talker.register_forward_pre_hook(before)
+    talker.register_forward_hook(after)
+    if engine.decoders is not None:  # CUDA graphs: a replayed talker step runs no Python hooks
+        from .static_decode import StaticDecoder
+
+        StaticDecoder.talker_step = clock.wrap(StaticDecoder.talker_step, "talker")  # this child process only
     engine._predict_rest = clock.wrap(engine._predict_rest, "code_predictor")
     decoder = tts.checkpoint.speech_tokenizer.decoder
     decoder.decode_chunk = clock.wrap(decoder.decode_chunk, "codec")

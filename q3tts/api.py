@@ -24,7 +24,7 @@ from .audio import SAMPLE_RATE, AudioError, load_audio, mel_spectrogram
 from .engine import Engine, length_cap
 from .model import Checkpoint, load_checkpoint
 from .prompt import Prompt, Utterance, build_prompt
-from .quant import QuantizationError, quantize_int8_
+from .quant import QuantizationError
 from .sampling import SamplingOptions
 from .segment import split_text
 
@@ -178,9 +178,7 @@ class Qwen3TTS:
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self) -> "Qwen3TTS":
         if self._checkpoint is None:
-            ck = load_checkpoint(self.source, self.device, self.dtype, self.codec_dtype)
-            if self.quantize == "int8":
-                quantize_int8_(ck.networks.talker)  # the talker holds the code predictor
+            ck = load_checkpoint(self.source, self.device, self.dtype, self.codec_dtype, quantize=self.quantize)
             self._checkpoint, self._engine = ck, Engine(ck.networks, ck.config, "auto" if self.cuda_graphs else "off")
         return self
 

@@ -419,17 +419,17 @@ def measure_ours(config: dict) -> dict:
 
     from .api import Qwen3TTS
     from .engine import LengthCapWarning
-    from .quant import quantize_int8_
+    from .quant import Int8Linear
 
     warnings.simplefilter("ignore", LengthCapWarning)  # the cap is how every run stops
     torch.set_num_threads(config["threads"])
     device = torch.device(config["device"])
     start = time.perf_counter()
-    tts = Qwen3TTS.from_pretrained(config["model"], device=device, dtype=config["dtype"])
+    quantize = None if config["quantize"] == "none" else config["quantize"]
+    tts = Qwen3TTS.from_pretrained(config["model"], device=device, dtype=config["dtype"], quantize=quantize)
     networks = tts.checkpoint.networks
     parameters = sum(p.numel() for p in networks.parameters())
-    if config["quantize"] == "int8":
-        quantize_int8_(networks.talker)
+    parameters += sum(m.in_features * m.out_features for m in networks.modules() if isinstance(m, Int8Linear))
     load_seconds = time.perf_counter() - start
     rss_after_load = memory_kib("VmRSS") * 1024
     clock = Stopwatch(device)

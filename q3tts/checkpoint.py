@@ -96,12 +96,15 @@ def load_weights(
     device: torch.device | str = "cpu",
     dtype: Optional[torch.dtype] = None,
     keep_float32: tuple[str, ...] = (),
+    keep_narrow: tuple[str, ...] = (),
 ) -> None:
     """Fill `module` (usually on the meta device) from the safetensors file at `path`.
 
     Keys in the file are `prefix + name`; keys under `ignore_prefixes` (after the prefix) are
     skipped. Floating tensors are cast to `dtype` unless their name starts with one of
-    `keep_float32`. Raises CheckpointError for missing, unexpected or mis-shaped tensors."""
+    `keep_float32`, or with one of `keep_narrow` and the file's dtype is the narrower (widening
+    a lookup table adds no information, only bytes). Raises CheckpointError for missing,
+    unexpected or mis-shaped tensors."""
     from safetensors import safe_open
 
     header = read_safetensors_header(path)
@@ -121,6 +124,7 @@ def load_weights(
                 f"{path}: tensor {found[name]} has shape {list(shape)}, the config implies {list(ref.shape)}"
             )
     state = {}
+    as_stored = []  # names used straight from the memory-mapped file (no cast, no copy)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name, ref in expected.items():
@@ -128,7 +132,16 @@ def load_weights(
                 target = ref.dtype
                 if t.is_floating_point():
                     target = torch.float32 if name.startswith(keep_float32) else (dtype or t.dtype)
-                state[name] = t.to(device=device, dtype=target)
+                    if name.startswith(keep_narrow) and t.element_size() < target.itemsize:
+                        target = t.dtype
+                if target == t.dtype and torch.device(device).type == "cpu":
+                    as_stored.append(name)
+                else:
+                    state[name] = t.to(device=device, dtype=target)
+        # The mapped tensors come from a second mapping: every page the copies above read stays
+        # resident for as long as its mapping lives, and this one has been read by nobody yet.
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state.update({name: f.get_tensor(found[name]) for name in as_stored})
     except CheckpointError:
         raise
     except Exception as e:

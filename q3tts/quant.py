@@ -92,6 +92,14 @@ class Int8Linear(nn.Module):
         bias = None if bias is None else bias.to(self._bias_dtype)
         return qweight.int_repr(), qweight.q_per_channel_scales().float(), bias
 
+    def cast_bias_(self, dtype: torch.dtype) -> None:
+        """The dtype the bias has outside the kernel (state_dict, weight_only forward); the
+        dynamic kernel keeps its own float32 copy inside the packed weights."""
+        if self.kernel == "dynamic":
+            self._bias_dtype = None if self._bias_dtype is None else dtype
+        elif self.bias is not None:
+            self.bias.data = self.bias.data.to(dtype)
+
     def weight_bytes(self) -> int:
         """Bytes of weights and scales (the int8 payload; the packed layout adds kernel padding)."""
         return self.out_features * self.in_features + 4 * self.out_features

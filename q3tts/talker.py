@@ -61,8 +61,9 @@ class Talker(nn.Module):
         self.code_predictor = CodePredictor(cfg.code_predictor, cfg.hidden_size)
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [..., T] -> text-track vectors [..., T, hidden]."""
-        return self.text_projection(self.model.text_embedding(ids))
+        """ids [..., T] -> text-track vectors [..., T, hidden]. The table may be stored narrower
+        than the model (see model.LOOKUP_TABLES): its rows are widened as they are looked up."""
+        return self.text_projection(self.model.text_embedding(ids).to(self.codec_head.weight.dtype))
 
     def embed_codec(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.codec_embedding(ids)

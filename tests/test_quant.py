@@ -107,3 +107,21 @@ def test_from_pretrained_quantize_int8_survives_unload(make_tiny):
 def test_quantize_option_errors_before_loading(make_tiny, device, quantize, match):
     with pytest.raises(QuantizationError, match=match):
         Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device=device, quantize=quantize, lazy=True)
+
+
+def test_quantised_on_load_equals_quantised_after(make_tiny):
+    """Quantising from the file's bf16 weights while loading (no float32 copy of the linears)
+    gives the model that quantising a float32-loaded one gives; the text table stays bf16."""
+    path = make_tiny("custom_voice")  # stored in bf16, as the released checkpoints
+    on_load = Qwen3TTS.from_pretrained(path, device="cpu", dtype="float32", quantize="int8")
+    after = Qwen3TTS.from_pretrained(path, device="cpu", dtype="float32")
+    quantize_int8_(after.checkpoint.networks.talker)
+    a, b = on_load.checkpoint.networks.state_dict(), after.checkpoint.networks.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k].float(), b[k].float()), k
+        expected = b[k].dtype if "text_embedding" not in k else torch.bfloat16
+        assert a[k].dtype == expected, k
+    utts = on_load.utterances("Hello there.", speaker="Vivian", language="English")
+    greedy = dict(do_sample=False, subtalker_dosample=False, max_new_tokens=12)
+    assert torch.equal(on_load.generate_codes(utts, **greedy)[0], after.generate_codes(utts, **greedy)[0])

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -338,6 +339,18 @@ def test_q3tts_serve_help(capsys):
     assert "--max-batch" in capsys.readouterr().out
 
 
+def test_bad_settings_are_one_line(capsys, monkeypatch):
+    from q3tts.cli import main
+
+    assert main(["serve", "--model", "m", "--max-batch", "0", "--quantize", "int4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("q3tts serve: error: ")
+    assert "max_batch: Input should be greater than or equal to 1" in err and "quantize: " in err
+    monkeypatch.setenv("Q3TTS_REQUEST_TIMEOUT", "-1")
+    assert main(["serve", "--model", "m"]) == 2
+    assert "request_timeout: Input should be greater than 0" in capsys.readouterr().err
+
+
 # -- voices -------------------------------------------------------------------------------------
 
 
@@ -421,6 +434,38 @@ def raw_upload(name: str, audio: bytes) -> bytes:
     body = req.read()
     head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
     return f"POST /v1/audio/voices HTTP/1.1\r\n{head}\r\n".encode() + body
+
+
+def test_https_with_a_certificate(make_tiny, tmp_path):
+    """--ssl-certfile/--ssl-keyfile serve HTTPS (browsers allow the microphone only on secure pages)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)  # fmt: skip
+    port = free_port()
+    cmd = [sys.executable, "-m", "q3tts.server", "--model", str(make_tiny("custom_voice")), "--device", "cpu",
+           "--port", str(port), "--voices-dir", str(tmp_path / "voices"), "--no-warmup", "--no-ui",
+           "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--log-level", "warning"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None and time.time() < deadline, "the HTTPS server did not come up"
+            try:
+                if httpx.get(f"https://127.0.0.1:{port}/ready", verify=trust, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        body = {"input": "Hello.", "voice": "vivian", "response_format": "wav", **frames(3)}
+        r = httpx.post(f"https://127.0.0.1:{port}/v1/audio/speech", json=body, verify=trust, timeout=60)
+        assert r.status_code == 200 and decode(r.content, "wav")[0].shape[0] == 3 * FRAME
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the same port is not served
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def test_kill_9_mid_upload_leaves_a_consistent_library(make_tiny, tmp_path):

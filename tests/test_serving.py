@@ -110,13 +110,15 @@ def test_cancel_frees_the_slot_within_a_step(tts):
         next(it)
         next(it)
         job.cancel()
+        at_cancel = job.frames_generated
         deadline = time.time() + 10
         while sched.stats()["active"] and time.time() < deadline:
             time.sleep(0.01)
         assert sched.stats()["active"] == 0
         frames = job.frames_generated
         time.sleep(0.2)
-        assert job.frames_generated == frames < 200 and job.finish_reason == "cancelled"
+        # at most the step already running when cancel() returned adds a frame
+        assert job.frames_generated == frames <= at_cancel + 1 and job.finish_reason == "cancelled"
         # Abandoning the iterator (a client that goes away) cancels too.
         job2 = sched.submit(tts.utterances("Again.", speaker="Vivian")[0], max_new_tokens=2000, **GREEDY)
         it2 = job2.chunks()

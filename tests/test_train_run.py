@@ -244,3 +244,58 @@ def test_two_processes_shard_the_data_and_resume(prepared, tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3, 4] and [r["epoch"] for r in log] == [0.5, 1.0, 1.5, 2.0]
     assert {p.name for p in (out / "checkpoint-000004").glob("rng_state_*")} == {"rng_state_0.pt", "rng_state_1.pt"}
     assert Qwen3TTS.from_pretrained(out / "final", device="cpu", dtype="float32").get_supported_speakers() == ["alice", "bob"]
+
+
+def test_kill_9_then_resume_in_a_new_process(prepared, tmp_path):
+    """SIGKILL a training process once it has written a checkpoint, resume it in a new process:
+    the end weights equal those of a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, data = prepared
+    kw = dict(max_steps=30, batch_size=1, grad_accum=2, lr=1e-3, warmup_steps=3, save_steps=3, save_total_limit=2,
+              logging_steps=1)  # fmt: skip
+    out = tmp_path / "killed"
+    (tmp_path / "train.yaml").write_text(f"model: {model}\ndata: {data}\noutput_dir: {out}\nspeaker_name: {SPEAKER}\n"
+                                         "report_to: [none]\n")  # fmt: skip
+    cmd = [sys.executable, "-m", "q3tts.train", "--config", str(tmp_path / "train.yaml"), "--quiet",
+           *["--set=" + s for s in sets(**kw)]]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-000006").is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists(), "the run ended before it could be killed"
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = run(prepared, tmp_path / "straight", **kw)
+    a = load_file(str(Path(straight["checkpoint"]) / "trainable.safetensors"))
+    b = load_file(str(out / "checkpoint-000030" / "trainable.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    steps = [json.loads(line)["step"] for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 31))  # the steps logged after the checkpoint, then lost, are not logged twice
+
+
+def test_gradient_checkpointing_gives_the_same_weights_and_bf16_trains(prepared, tmp_path):
+    kw = dict(max_steps=3, batch_size=4, lr=1e-3, export_dtype="float32", save_steps=1000)
+    plain = run(prepared, tmp_path / "plain", **kw)
+    checkpointed = run(prepared, tmp_path / "gc", gradient_checkpointing=True, **kw)
+    a = load_file(str(Path(plain["checkpoint"]) / "trainable.safetensors"))
+    b = load_file(str(Path(checkpointed["checkpoint"]) / "trainable.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    bf16 = run(prepared, tmp_path / "bf16", mixed_precision="bf16", **{**kw, "max_steps": 20, "lr": 5e-3,
+                                                                        "logging_steps": 1})  # fmt: skip
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "bf16" / "training_log.jsonl").read_text().splitlines()]
+    assert len(losses) == 20 and all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
+    tts = Qwen3TTS.from_pretrained(bf16["final"], device="cpu", dtype="float32")
+    assert tts.get_supported_speakers() == ["alice", "bob"]

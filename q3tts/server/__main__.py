@@ -9,6 +9,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from pydantic import ValidationError
+
 from .settings import Settings
 
 FLAGS = [  # (flag, settings field, type, help)
@@ -59,7 +61,12 @@ def serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as e:  # a bad flag or Q3TTS_* value: one line, not a traceback
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        print(f"q3tts serve: error: {problems}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     holder: dict = {}
 

@@ -146,27 +146,27 @@ class Engine:
         `opts.max_new_tokens`: like the official loop, the step that hits the limit yields nothing)."""
         B = len(prompts)
         max_frames = opts.max_new_tokens - 1
-        caps_t = torch.tensor([min(c, max_frames) for c in (caps or [max_frames] * B)], device=self.device)
+        caps = [min(c, max_frames) for c in (caps or [max_frames] * B)]
         prefill, valid_prefill, trailing, pad = self._batch_prompts(prompts)
-        T = prefill.shape[1]
-        total = T + int(caps_t.max()) + 2
+        total = prefill.shape[1] + max(caps) + 2  # cache slots: prompt, every frame, and a spare
         lent = self.decoders.acquire(B, total, opts) if self.decoders is not None else None
         try:
-            yield from self._frames(prefill, valid_prefill, trailing, pad, opts, caps_t, generator,
+            yield from self._frames(prefill, valid_prefill, trailing, pad, opts, caps, total, generator,
                                     lent[1] if lent else None)  # fmt: skip
         finally:
             if lent:
                 self.decoders.release(*lent)
 
-    def _frames(self, prefill, valid_prefill, trailing, pad, opts, caps_t, generator, decoder) -> Iterator[FrameStep]:
+    def _frames(self, prefill, valid_prefill, trailing, pad, opts, caps, total, generator,
+                decoder) -> Iterator[FrameStep]:  # fmt: skip
         B, T = prefill.shape[:2]
         max_frames = opts.max_new_tokens - 1
+        caps_t = torch.tensor(caps, device=self.device)
         positions = (valid_prefill.long().cumsum(-1) - 1).masked_fill(~valid_prefill, 1)
         next_position = valid_prefill.sum(-1)  # [B] RoPE position of the first generated frame
         if decoder is not None:
             hidden = decoder.prefill(prefill, positions, valid_prefill)
         else:
-            total = T + int(caps_t.max()) + 2
             caches = self.talker.new_caches(B, total)
             valid = torch.zeros(B, total, dtype=torch.bool, device=self.device)
             valid[:, :T] = valid_prefill

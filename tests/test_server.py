@@ -232,6 +232,12 @@ def test_full_queue_gets_429_and_long_requests_are_cut_at_the_timeout(custom_tts
             audio = first + b"".join(audio)
         assert time.time() - started < 15 and 0 < len(audio) < 1000 * FRAME * 2
         assert 'q3tts_errors_total{kind="timeout"} 1.0' in httpx.get(url + "/metrics").text
+        # SSE says why its audio stopped
+        r = httpx.post(url + "/v1/audio/speech", json={**long, "stream_format": "sse"}, timeout=60)
+        events = [line.split(": ", 1)[1] for line in r.text.splitlines() if line.startswith("event: ")]
+        assert events[0] == "speech.audio.delta" and events[-1] == "speech.audio.error"
+        last = json.loads(r.text.strip().splitlines()[-1].split(": ", 1)[1])
+        assert last["error"]["code"] == "request_timeout" and "request_timeout (2 s)" in last["error"]["message"]
 
 
 def test_models_health_ready_and_metrics(cv):

@@ -126,8 +126,10 @@ class SpeechService:
                 except asyncio.TimeoutError:
                     log.warning("request cut after request_timeout=%gs", self.settings.request_timeout)
                     self.metrics.errors.labels("timeout").inc()
-                    break
+                    raise RequestTimeout(self.settings.request_timeout) from None
                 yield chunk
+        except RequestTimeout:
+            raise
         except Exception:
             self.metrics.errors.labels("generation").inc()
             raise
@@ -173,9 +175,12 @@ class SpeechService:
     async def _audio(self, fmt: str, audio: AsyncIterator[np.ndarray]) -> AsyncIterator[bytes]:
         encoder = make_encoder(fmt, self.tts.sample_rate)
         try:
-            async for chunk in audio:
-                if data := encoder.encode(chunk):
-                    yield data
+            try:
+                async for chunk in audio:
+                    if data := encoder.encode(chunk):
+                        yield data
+            except RequestTimeout:  # the audio so far, as a whole file (SSE and WebSocket say why)
+                pass
             yield encoder.finish()
         except Exception as e:  # headers are sent: the best left to do is end the stream early
             log.error("speech stream failed: %s", e)
@@ -246,6 +251,13 @@ async def _prepend(first: Optional[np.ndarray], rest: AsyncIterator[np.ndarray])
             yield chunk
     finally:
         await rest.aclose()
+
+
+class RequestTimeout(APIError):
+    """Generation ran past `request_timeout`: the audio is cut there."""
+
+    def __init__(self, seconds: float):
+        super().__init__(504, f"generation was cut after request_timeout ({seconds:g} s)", "request_timeout")
 
 
 def sse(event: str, payload: dict) -> bytes:

@@ -5,7 +5,7 @@ a server that batches requests (continuous batching) and one that serves them on
 
 Without --model it writes the tiny random CustomVoice checkpoint first. Each client loops: one
 streamed pcm request of exactly `--frames` frames (min_new_tokens = max_new_tokens), read to the end.
-Reported per server: requests done, failures (anything but 200 and an explicit 429/503), audio
+Reported per server: requests done, failures (anything but a whole 200 stream and an explicit 429/503), audio
 seconds streamed per wall second (throughput), mean time to first byte; then the ratio
 batched / one-at-a-time. Prints JSON with --json.
 """
@@ -52,7 +52,7 @@ def start_server(model: str, port: int, max_batch: int, max_queue: int, voices: 
     sys.exit("server did not become ready in 300 s")
 
 
-async def client(url: str, body: dict, until: float, results: dict) -> None:
+async def client(url: str, body: dict, until: float, results: dict, expected_bytes: int) -> None:
     async with httpx.AsyncClient(timeout=120) as http:
         while time.time() < until:
             start = time.perf_counter()
@@ -73,6 +73,10 @@ async def client(url: str, body: dict, until: float, results: dict) -> None:
                         if first is None:
                             first = time.perf_counter() - start
                         size += len(piece)
+                if size != expected_bytes:  # a stream cut short (or overlong) is a failure, not a success
+                    results["failed"] += 1
+                    results["errors"].append(f"200 with {size} bytes, expected {expected_bytes}")
+                    continue
                 results["done"] += 1
                 results["audio_seconds"] += size / BYTES_PER_SECOND
                 results["ttfb"].append(first or 0.0)
@@ -86,7 +90,9 @@ async def load(base: str, clients: int, seconds: float, frames: int) -> dict:
             "max_new_tokens": frames + 1, "min_new_tokens": frames + 1, "language": "english"}  # fmt: skip
     results = {"done": 0, "failed": 0, "rejected": 0, "audio_seconds": 0.0, "ttfb": [], "errors": []}
     start = time.time()
-    await asyncio.gather(*[client(base + "/v1/audio/speech", body, start + seconds, results) for _ in range(clients)])
+    expected = frames * 1920 * 2  # samples per frame, bytes per sample
+    await asyncio.gather(*[client(base + "/v1/audio/speech", body, start + seconds, results, expected)
+                           for _ in range(clients)])  # fmt: skip
     wall = time.time() - start
     ttfb = results.pop("ttfb")
     results.update(wall_seconds=wall, throughput=results["audio_seconds"] / wall,

@@ -24,7 +24,7 @@ from .audio import SAMPLE_RATE, AudioError, load_audio, mel_spectrogram
 from .engine import Engine, length_cap
 from .model import Checkpoint, load_checkpoint
 from .prompt import Prompt, Utterance, build_prompt
-from .quant import QuantizationError
+from .quant import QuantizationError, native_bf16_cpu
 from .sampling import SamplingOptions
 from .segment import split_text
 
@@ -70,6 +70,15 @@ def resolve_quantize(quantize: Optional[str], device: torch.device) -> Optional[
     if device.type != "cpu":
         raise QuantizationError(f"int8 weights are for CPU; on {device.type} use dtype='bfloat16'")
     return quantize
+
+
+def resolve_codec_dtype(codec_dtype, device: torch.device, quantize: Optional[str]) -> torch.dtype:
+    """"auto": float32, except in the int8 CPU mode on a CPU with native bf16 (AVX512-BF16, AMX),
+    where the codec runs in bf16: measured 1.7x faster per frame on the 12 Hz decoder there, and
+    the codec is then a fifth of a frame's time."""
+    if codec_dtype in (None, "auto"):
+        return torch.bfloat16 if quantize == "int8" and native_bf16_cpu() else torch.float32
+    return resolve_dtype(codec_dtype, device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,13 +159,13 @@ def _as_list(value, n: int, name: str) -> list:
 class Qwen3TTS:
     """A loaded Qwen3-TTS checkpoint. Safe to share between threads: calls keep their state local."""
 
-    def __init__(self, path_or_repo: str | Path, device="auto", dtype="auto", codec_dtype=torch.float32, lazy=False,
+    def __init__(self, path_or_repo: str | Path, device="auto", dtype="auto", codec_dtype="auto", lazy=False,
                  quantize: Optional[str] = None, cuda_graphs: bool = True):  # fmt: skip
         self.source = path_or_repo
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.codec_dtype = resolve_dtype(codec_dtype, self.device)
         self.quantize = resolve_quantize(quantize, self.device)
+        self.codec_dtype = resolve_codec_dtype(codec_dtype, self.device, self.quantize)
         self.cuda_graphs = cuda_graphs
         self._checkpoint: Optional[Checkpoint] = None
         self._engine: Optional[Engine] = None

@@ -283,7 +283,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"checkpoint  {cfg['model']} ({ck['kind']}, {ck['size']}, {ck['parameters'] / 1e6:.0f} M parameters)",
         (f"setup       {env['device']} {env.get('cpu', '')}, {cfg['dtype']}, {env['threads']} threads, quantize "
-         f"{cfg['quantize']}, torch {env['torch']}"),
+         f"{cfg['quantize']}, codec {env.get('codec_dtype', '?')}, torch {env['torch']}"),
         (f"runs        {cfg['frames']} frames per row, warmup {cfg['warmup']}, median of {cfg['repeat']}; "
          "a step = one frame for every row"),
         "",
@@ -460,7 +460,7 @@ def measure_ours(config: dict) -> dict:
         chunks.close()
     return dict(
         implementation="q3tts",
-        env=environment(torch, device, config),
+        env={**environment(torch, device, config), "codec_dtype": str(tts.codec_dtype).split(".")[-1]},
         checkpoint=dict(kind=tts.kind, size=tts.checkpoint.config.tts_model_size, parameters=parameters),
         load_seconds=load_seconds,
         rss_after_load_bytes=rss_after_load,

@@ -76,7 +76,7 @@ class CodePredictor(nn.Module):
         return self.model.norm(x)
 
     def new_caches(self, batch: int, device=None, dtype=None) -> list[KVCache]:
-        w = self.lm_head[0].weight
+        w = self.model.norm.weight  # never quantised: the cache's device and dtype
         length = self.cfg.num_code_groups + 1
         return [
             KVCache.empty(

@@ -53,7 +53,8 @@ def test_weight_bytes_and_state_dict(tts, kernel):
     assert 3.5 < fp32_bytes / int8_bytes <= 4.0  # per-channel fp32 scales cost 4 bytes a row
     layers = {name for name, m in talker.named_modules() if isinstance(m, Int8Linear)}
     assert "model.layers.0.mlp.down_proj" in layers and "code_predictor.model.layers.0.self_attn.q_proj" in layers
-    assert not any("head" in name for name in layers)  # the output heads stay float
+    assert "codec_head" not in layers and isinstance(talker.codec_head, torch.nn.Linear)  # codebook 0 stays float
+    assert {f"code_predictor.lm_head.{g}" for g in range(len(talker.code_predictor.lm_head))} <= layers
     state = talker.state_dict()
     for name in layers:
         assert state[f"{name}.weight_int8"].dtype == torch.int8
@@ -96,7 +97,7 @@ def test_from_pretrained_quantize_int8_survives_unload(make_tiny):
     n = int8_layers()
     plain = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32").checkpoint
     linears = [name for name, m in plain.networks.talker.named_modules() if isinstance(m, torch.nn.Linear)]
-    assert n == len([name for name in linears if "head" not in name]) > 0  # every linear but the output heads
+    assert n == len([name for name in linears if name != "codec_head"]) > 0  # every linear but the codec head
     wavs, _ = model.generate_custom_voice("Hello.", speaker="Vivian", max_new_tokens=5, seed=0)
     assert wavs[0].size > 0 and np.isfinite(wavs[0]).all()
     model.unload()
@@ -125,3 +126,19 @@ def test_quantised_on_load_equals_quantised_after(make_tiny):
     utts = on_load.utterances("Hello there.", speaker="Vivian", language="English")
     greedy = dict(do_sample=False, subtalker_dosample=False, max_new_tokens=12)
     assert torch.equal(on_load.generate_codes(utts, **greedy)[0], after.generate_codes(utts, **greedy)[0])
+
+
+def test_codec_dtype_follows_the_mode(make_tiny, monkeypatch):
+    """"auto": float32, but bf16 for the int8 CPU mode where the CPU has native bf16."""
+    import q3tts.api as api
+
+    path = make_tiny("custom_voice")
+    for native, quantize, expected in [(True, "int8", torch.bfloat16), (False, "int8", torch.float32),
+                                       (True, None, torch.float32)]:  # fmt: skip
+        monkeypatch.setattr(api, "native_bf16_cpu", lambda: native)
+        model = Qwen3TTS.from_pretrained(path, device="cpu", quantize=quantize)
+        assert next(model.checkpoint.speech_tokenizer.decoder.parameters()).dtype == expected
+        wavs, _ = model.generate_custom_voice("Hi.", speaker="Vivian", max_new_tokens=3, seed=0)
+        assert wavs[0].dtype == np.float32 and np.isfinite(wavs[0]).all()
+    model = Qwen3TTS.from_pretrained(path, device="cpu", quantize="int8", codec_dtype="float32")
+    assert next(model.checkpoint.speech_tokenizer.decoder.parameters()).dtype == torch.float32

@@ -87,6 +87,32 @@ def read_safetensors_header(path: Path) -> dict:
     return header
 
 
+_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}  # fmt: skip
+
+
+def read_tensor(path: Path, key: str, shape: tuple[int, ...], header: Optional[dict] = None) -> torch.Tensor:
+    """One tensor of a safetensors file by a plain read (no memory map, so nothing of the file stays
+    resident once the tensor is dropped), checked against the `shape` the config implies."""
+    header = header if header is not None else read_safetensors_header(path)
+    if key not in header:
+        raise CheckpointError(f"{path}: missing tensor {key}")
+    info = header[key]
+    if tuple(info["shape"]) != tuple(shape):
+        raise CheckpointError(f"{path}: tensor {key} has shape {list(info['shape'])}, the config implies {list(shape)}")
+    if info["dtype"] not in _DTYPES:
+        raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
+    begin, end = info["data_offsets"]
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        fh.seek(8 + n + begin)
+        data = bytearray(fh.read(end - begin))
+    if len(data) != end - begin:
+        raise CheckpointError(f"{path}: truncated inside tensor {key}")
+    return torch.frombuffer(data, dtype=_DTYPES[info["dtype"]]).reshape(shape) if data else torch.empty(shape)
+
+
 def load_weights(
     module: nn.Module,
     path: Path,
@@ -97,6 +123,7 @@ def load_weights(
     dtype: Optional[torch.dtype] = None,
     keep_float32: tuple[str, ...] = (),
     keep_narrow: tuple[str, ...] = (),
+    skip: tuple[str, ...] = (),
 ) -> None:
     """Fill `module` (usually on the meta device) from the safetensors file at `path`.
 
@@ -104,13 +131,14 @@ def load_weights(
     skipped. Floating tensors are cast to `dtype` unless their name starts with one of
     `keep_float32`, or with one of `keep_narrow` and the file's dtype is the narrower (widening
     a lookup table adds no information, only bytes). Raises CheckpointError for missing,
-    unexpected or mis-shaped tensors."""
+    unexpected or mis-shaped tensors. Names under `skip` are neither expected nor loaded (the
+    caller has filled those modules itself)."""
     from safetensors import safe_open
 
     header = read_safetensors_header(path)
-    expected = {k: v for k, v in module.state_dict(keep_vars=True).items()}
+    expected = {k: v for k, v in module.state_dict(keep_vars=True).items() if not k.startswith(skip)}
     found = {k[len(prefix):]: k for k in header if k.startswith(prefix)}
-    found = {k: v for k, v in found.items() if not k.startswith(ignore_prefixes)}
+    found = {k: v for k, v in found.items() if not k.startswith(ignore_prefixes + skip)}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing:
@@ -146,4 +174,4 @@ def load_weights(
         raise
     except Exception as e:
         raise CheckpointError(f"{path}: cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    module.load_state_dict(state, strict=True, assign=True)
+    module.load_state_dict(state, strict=not skip, assign=True)  # every expected name is checked above

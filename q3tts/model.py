@@ -14,12 +14,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checkpoint import MAIN_FILES, SPEECH_TOKENIZER_FILES, CheckpointError, load_weights, require_files, resolve
+from .checkpoint import (MAIN_FILES, SPEECH_TOKENIZER_FILES, CheckpointError, load_weights, read_safetensors_header,
+                         read_tensor, require_files, resolve)
 from .codec.decoder import CodecDecoder
 from .codec.encoder import UNUSED_KEY_PREFIXES as ENCODER_UNUSED_KEYS
 from .codec.encoder import CodecEncoder
 from .config import ConfigError, GenerationDefaults, ModelConfig, SpeechTokenizerConfig
-from .quant import Int8Linear, quantize_int8_
+from .quant import Int8Linear, int8_targets, release_freed_memory, replace_linear, resolve_kernel
 from .speaker_encoder import SpeakerEncoder
 from .talker import Talker
 from .text import TextTokenizer, TokenizerError
@@ -70,36 +71,27 @@ LOOKUP_TABLES = ("talker.model.text_embedding.",)
 
 def load_networks(folder: Path, cfg: ModelConfig, device="cpu", dtype: Optional[torch.dtype] = None,
                   keep_narrow: tuple[str, ...] = (), quantize: Optional[str] = None) -> TTSNetworks:  # fmt: skip
-    """`quantize="int8"`: the talker's linears are quantised from the file's weights one by one,
-    before anything is widened, so loading never holds a float32 copy of them."""
+    """`quantize="int8"`: each of the talker's linears is read from the file and quantised on its
+    own before the rest loads, so loading never holds more than one float linear at a time."""
     nets = _build_on_meta(lambda: TTSNetworks(cfg))
-    load_weights(nets, folder / "model.safetensors", device=device, dtype=None if quantize else dtype,
-                 keep_narrow=keep_narrow)  # fmt: skip
+    path = folder / "model.safetensors"
+    quantised: tuple[str, ...] = ()
     if quantize == "int8":
-        quantize_int8_(nets.talker)
-        _cast_floats(nets, dtype, keep_narrow)
-        # Quantising read every linear's pages of the file mapping, which stays resident while the
-        # narrow tables still point into it: take those from a fresh mapping, and the old one goes.
-        for name in {n.rsplit(".", 1)[0] for n, _ in nets.named_parameters() if n.startswith(keep_narrow)}:
-            load_weights(nets.get_submodule(name), folder / "model.safetensors", prefix=f"{name}.", device=device)
+        kernel, header = resolve_kernel("auto"), read_safetensors_header(path)
+        names = int8_targets(nets.talker)
+        for name in names:
+            meta = nets.talker.get_submodule(name)
+            linear = nn.Linear(meta.in_features, meta.out_features, bias=meta.bias is not None, device="meta")
+            for part in ("weight", "bias") if meta.bias is not None else ("weight",):
+                tensor = read_tensor(path, f"talker.{name}.{part}", getattr(meta, part).shape, header)
+                setattr(linear, part, nn.Parameter(tensor, requires_grad=False))
+            int8 = Int8Linear(linear, kernel)
+            int8.cast_bias_(dtype or linear.weight.dtype)
+            replace_linear(nets.talker, name, int8)
+        quantised = tuple(f"talker.{name}." for name in names)
+        release_freed_memory()  # the float reads were carved from the heap, which keeps freed chunks
+    load_weights(nets, path, device=device, dtype=dtype, keep_narrow=keep_narrow, skip=quantised)
     return nets.eval().requires_grad_(False)
-
-
-def _cast_floats(module: nn.Module, dtype: Optional[torch.dtype], keep_narrow: tuple[str, ...]) -> None:
-    """Cast the float parameters and buffers outside int8 layers to `dtype` (lookup tables under
-    `keep_narrow` are not widened)."""
-    if dtype is None:
-        return
-    int8 = tuple(f"{name}." for name, m in module.named_modules() if isinstance(m, Int8Linear))
-    for m in module.modules():
-        if isinstance(m, Int8Linear):
-            m.cast_bias_(dtype)
-    for name, t in [*module.named_parameters(), *module.named_buffers()]:
-        if not t.is_floating_point() or t.dtype == dtype or name.startswith(int8):
-            continue
-        if name.startswith(keep_narrow) and t.element_size() < dtype.itemsize:
-            continue
-        t.data = t.data.to(dtype)
 
 
 def load_speech_tokenizer(

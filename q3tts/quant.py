@@ -155,20 +155,32 @@ def quantize_int8_(module: nn.Module, kernel: Kernel = "auto") -> nn.Module:
     devices = {p.device.type for p in module.parameters()}
     if devices - {"cpu"}:
         raise QuantizationError(f"int8 quantisation is CPU-only; this module is on {', '.join(sorted(devices))}")
+    kernel = resolve_kernel(kernel)
+    for name in int8_targets(module):  # by name, so that no local keeps a float weight alive past the trim below
+        replace_linear(module, name, Int8Linear(module.get_submodule(name), kernel))
+    release_freed_memory()
+    return given
+
+
+def resolve_kernel(kernel: Kernel) -> Literal["dynamic", "weight_only"]:
     if kernel == "auto":
         kernel = "dynamic" if dynamic_kernel_available() else "weight_only"
     if kernel == "dynamic" and not dynamic_kernel_available():
         raise QuantizationError("the dynamic int8 kernel needs torch's x86/fbgemm quantised engine (an x86 CPU)")
     if kernel not in ("dynamic", "weight_only"):
         raise QuantizationError(f"unknown kernel '{kernel}', expected auto, dynamic or weight_only")
-    names = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)
-             and not any(part in SKIPPED_LINEARS for part in name.split("."))]  # fmt: skip
-    for name in names:  # by name, so that no local keeps a float weight alive past the trim below
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name)
-        setattr(parent, child, Int8Linear(getattr(parent, child), kernel))
-    release_freed_memory()
-    return given
+    return kernel
+
+
+def int8_targets(talker: nn.Module) -> list[str]:
+    """Names (in `talker`) of the linears the int8 mode quantises."""
+    return [name for name, m in talker.named_modules() if isinstance(m, nn.Linear)
+            and not any(part in SKIPPED_LINEARS for part in name.split("."))]  # fmt: skip
+
+
+def replace_linear(module: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(module.get_submodule(parent_name), child, new)
 
 
 def release_freed_memory() -> None:

@@ -142,3 +142,23 @@ def test_codec_dtype_follows_the_mode(make_tiny, monkeypatch):
         assert wavs[0].dtype == np.float32 and np.isfinite(wavs[0]).all()
     model = Qwen3TTS.from_pretrained(path, device="cpu", quantize="int8", codec_dtype="float32")
     assert next(model.checkpoint.speech_tokenizer.decoder.parameters()).dtype == torch.float32
+
+
+def test_quantised_load_names_a_bad_tensor(make_tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from q3tts.checkpoint import CheckpointError
+
+    folder = shutil.copytree(make_tiny("custom_voice"), tmp_path / "ck")
+    state = load_file(str(folder / "model.safetensors"))
+    key = "talker.model.layers.1.mlp.up_proj.weight"
+    state[key] = state[key][:-1]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"model.safetensors: tensor {key} has shape"):
+        Qwen3TTS.from_pretrained(folder, device="cpu", quantize="int8")
+    del state[key]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"model.safetensors: missing tensor {key}"):
+        Qwen3TTS.from_pretrained(folder, device="cpu", quantize="int8")

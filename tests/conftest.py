@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,32 @@ def oracle(tmp_path_factory):
         return client.run_reference(jobs, workdir / f"batch{next(counter)}")
 
     return run
+
+
+@pytest.fixture(scope="session")
+def force_eos():
+    """force_eos(model, stop) -> context manager: row r says end-of-speech at talker step stop[r]
+    and never before; yields the list of steps taken (random weights rarely say EOS on their own)."""
+
+    @contextmanager
+    def force(model, stop: list[int]):
+        eos = model.checkpoint.config.talker.codec_eos_token_id
+        steps: list[int] = []
+
+        def say_eos(module, inputs, logits):
+            step = len(steps)
+            steps.append(step)
+            logits = logits.clone()
+            logits[..., eos] = float("-inf")
+            for row, at in enumerate(stop):
+                if step == at:
+                    logits[row, eos] = 1e9
+            return logits
+
+        hook = model.checkpoint.networks.talker.codec_head.register_forward_hook(say_eos)
+        try:
+            yield steps
+        finally:
+            hook.remove()
+
+    return force

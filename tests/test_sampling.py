@@ -80,36 +80,19 @@ def custom(make_tiny):
     return Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32")
 
 
-def test_rows_stop_at_their_own_eos(custom):
+def test_rows_stop_at_their_own_eos(custom, force_eos):
     """Row r says EOS at talker step stop[r]: it yields stop[r] frames, and the rows still running
     keep the codes they have without the EOS of the others."""
     texts = ["Hello there.", "A second, longer row of text to speak.", "Third row."]
     utts = custom.utterances(texts, speaker="Vivian", language="English")
-    eos = custom.checkpoint.config.talker.codec_eos_token_id
-    head = custom.checkpoint.networks.talker.codec_head
     free = custom.generate_codes(utts, max_new_tokens=12, **GREEDY)
     stop = [3, 9, 5]
-    calls = []
-
-    def say_eos(module, inputs, logits):
-        step = len(calls)
-        calls.append(step)
-        logits = logits.clone()
-        logits[..., eos] = float("-inf")
-        for row, at in enumerate(stop):
-            if step == at:
-                logits[row, eos] = 1e9
-        return logits
-
-    hook = head.register_forward_hook(say_eos)
-    try:
+    with force_eos(custom, stop) as steps:
         codes = custom.generate_codes(utts, max_new_tokens=12, **GREEDY)
-    finally:
-        hook.remove()
     assert [c.shape[0] for c in codes] == stop
     for row, c in enumerate(codes):
         assert torch.equal(c, free[row][: stop[row]])
-    assert len(calls) == max(stop) + 1  # the loop ends once the last row has stopped
+    assert len(steps) == max(stop) + 1  # the loop ends once the last row has stopped
 
 
 LONG_TEXT = " ".join(["Every word of this sentence keeps the speech going for a while longer."] * 3)

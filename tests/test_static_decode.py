@@ -58,27 +58,11 @@ def test_audio_equals_the_dynamic_loop(pair):
     assert a.shape == b.shape and (abs(a - b).max() < 1e-5)
 
 
-def test_rows_stop_on_their_own(pair):
+def test_rows_stop_on_their_own(pair, force_eos):
     _, static = pair
-    eos = static.checkpoint.config.talker.codec_eos_token_id
-    head = static.checkpoint.networks.talker.codec_head
-    stop, calls = [4, 2, 6], []
-
-    def say_eos(module, inputs, logits):
-        step = len(calls)
-        calls.append(step)
-        logits = logits.clone()
-        logits[..., eos] = float("-inf")
-        for row, at in enumerate(stop):
-            if step == at:
-                logits[row, eos] = 1e9
-        return logits
-
-    hook = head.register_forward_hook(say_eos)
-    try:
+    stop = [4, 2, 6]
+    with force_eos(static, stop):
         got = codes(static, TEXTS, max_new_tokens=30, **GREEDY)
-    finally:
-        hook.remove()
     assert [c.shape[0] for c in got] == stop
 
 

@@ -176,9 +176,10 @@ class Qwen3TTS:
     def from_pretrained(cls, path_or_repo: str | Path, device="auto", dtype="auto", **kwargs) -> "Qwen3TTS":
         """Load a checkpoint folder or Hugging Face repo id. `dtype`: "auto" (bf16 on GPU, fp32 on
         CPU), "float32", "bfloat16", "float16" or a torch.dtype. `quantize="int8"` (CPU only)
-        stores the talker's and code predictor's linears as int8 (see quant.py). On CUDA the decode
-        steps are replayed as CUDA graphs unless `cuda_graphs=False` (see static_decode.py). Unknown kwargs of the official
-        loader (device_map, attn_implementation, torch_dtype) are accepted for drop-in use."""
+        stores the talker's and code predictor's linears as int8 (see quant.py). On CUDA the
+        decode steps are replayed as CUDA graphs unless `cuda_graphs=False` (static_decode.py).
+        Unknown kwargs of the official loader (device_map, attn_implementation, torch_dtype) are
+        accepted for drop-in use."""
         device = kwargs.pop("device_map", device)
         dtype = kwargs.pop("torch_dtype", dtype)
         kwargs.pop("attn_implementation", None)

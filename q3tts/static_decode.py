@@ -18,6 +18,7 @@ Seeded output is therefore repeatable on this path but differs from the eager pa
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from typing import Callable, Optional
 
@@ -43,17 +44,29 @@ class Replayable:
         if not self.capture:
             return self.fn()
         if self.graph is None:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: lazy inits and allocator state outside the capture
-                for _ in range(2):
-                    self.fn()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out = self.fn()
+            try:
+                self._record()
+            except Exception as e:  # a GPU/driver that cannot capture: correct, only slower
+                warnings.warn(f"CUDA graph capture failed, running the decode steps eagerly: {e}", RuntimeWarning,
+                              stacklevel=2)  # fmt: skip
+                self.capture, self.graph = False, None
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                return self.fn()
         self.graph.replay()
         return self.out  # type: ignore[return-value]
+
+    def _record(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: lazy inits and allocator state outside the capture
+            for _ in range(2):
+                self.fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.out = self.fn()
+        self.graph = graph
 
 
 class StaticDecoder:
@@ -126,7 +139,7 @@ class StaticDecoder:
         self.position.copy_(position)
         self.slot.fill_(slot)
         self.valid[:, slot] = True
-        return self._talker()
+        return self._talker().clone()  # the graph's output buffer is overwritten by the next replay
 
 
 class DecoderPool:

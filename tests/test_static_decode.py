@@ -104,3 +104,21 @@ def test_a_busy_decoder_is_not_shared(pair):
     after = codes(static, TEXTS[:1], max_new_tokens=25, **GREEDY)
     assert torch.equal(while_held[0], after[0])
     assert not all(torch.equal(a, b) for a, b in zip(before, [t for c in held.caches for t in (c.k, c.v)]))
+
+
+def test_a_failed_capture_falls_back_to_eager_steps():
+    """Where a graph cannot be captured (here: no CUDA at all), the step still runs, eagerly, with a warning."""
+    from q3tts.static_decode import Replayable
+
+    calls = []
+
+    def fn() -> torch.Tensor:
+        calls.append(1)
+        return torch.tensor([len(calls)])
+
+    step = Replayable(fn, torch.device("cpu"))
+    step.capture = True  # as on CUDA
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        first = step()
+    assert step.capture is False and step.graph is None
+    assert first.item() == len(calls) and step().item() == len(calls)  # eager from then on

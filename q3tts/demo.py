@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,11 @@ def main() -> int:
         return 1
     t0 = time.perf_counter()
     chunks, first = [], None
-    for chunk in tts.stream(TEXT, language="english", max_new_tokens=200, **kwargs):
-        first = first or time.perf_counter() - t0
-        chunks.append(chunk)
+    with warnings.catch_warnings():  # one line each (random weights never say end-of-speech), as the CLI does
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+        for chunk in tts.stream(TEXT, language="english", max_new_tokens=200, **kwargs):
+            first = first or time.perf_counter() - t0
+            chunks.append(chunk)
     wall = time.perf_counter() - t0
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     seconds = audio.size / tts.sample_rate

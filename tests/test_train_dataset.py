@@ -213,3 +213,29 @@ def test_entry_points_run_as_modules():
     for module in ("q3tts.train", "q3tts.train.dataset"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage: python -m " + module in proc.stdout, proc.stderr
+
+
+def test_hf_dataset_with_audio_bytes_and_arrays(tmp_path, make_tiny):
+    """Audio cells that carry the sound itself: encoded bytes (Audio(decode=False)) and decoded
+    arrays with their rate (here 16 kHz, resampled to 24 kHz)."""
+    import io
+
+    datasets = pytest.importorskip("datasets")
+    encoded = io.BytesIO()
+    sf.write(encoded, clip(1.2, 20), SR, format="WAV")
+    as_bytes = datasets.Dataset.from_dict({"audio": [{"bytes": encoded.getvalue(), "path": None}],
+                                           "text": ["Bytes in a cell."]})  # fmt: skip
+    as_bytes = as_bytes.cast_column("audio", datasets.Audio(decode=False))
+    as_bytes.save_to_disk(str(tmp_path / "bytes"))
+    samples16k = clip(1.5, 21, sr=16000)
+    as_array = datasets.Dataset.from_dict({"audio": [{"array": samples16k.tolist(), "sampling_rate": 16000}],
+                                           "text": ["An array in a cell."]})  # fmt: skip
+    as_array.save_to_disk(str(tmp_path / "array"))
+    for name, seconds in (("bytes", 1.2), ("array", 1.5)):
+        out = tmp_path / f"prepared-{name}"
+        assert main(["prepare", "--dataset", str(tmp_path / name), "--model", str(make_tiny("base")), "--out",
+                     str(out), "--val-fraction", "0", "--quiet"]) == 0  # fmt: skip
+        report = json.loads((out / "report.json").read_text())
+        assert report["kept"]["total"] == 1 and report["dropped"]["total"] == 0, report
+        (example,) = load_prepared(out)
+        assert abs(example.codes.shape[0] - 12.5 * seconds) <= 1 and example.codes.shape[1] == 16

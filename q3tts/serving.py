@@ -235,17 +235,22 @@ class SpeechScheduler:
             raise InputError("chunk sizes must be at least 1 frame")
         tts = self.tts
         opts = tts._options(gen_kwargs)
-        if self._waiting.qsize() >= self.max_queue and len(self._rows) + self._waiting.qsize() >= self.max_batch:
-            raise QueueFull(f"{self._waiting.qsize()} requests are already waiting; try again later")
+        self._check_room()  # early, before the prompt is built
         pieces = tts._pieces(utterance, max_piece_tokens)
         prompts = tts._prompts(pieces)  # built here, in the caller's thread, off the step loop
         caps = [min(c, opts.max_new_tokens - 1) for c in tts._caps(pieces)]
         job = SpeechJob(self, prompts, opts, caps, chunk_frames, first_chunk_frames, utterance.ref_codes)
-        self._stats.requests += 1
         with self._cond:
+            self._check_room()  # again, atomically with the put: concurrent submitters cannot overshoot
+            self._stats.requests += 1
             self._waiting.put(job)
             self._cond.notify_all()
         return job
+
+    def _check_room(self) -> None:
+        waiting = self._waiting.qsize()
+        if waiting >= self.max_queue and len(self._rows) + waiting >= self.max_batch:
+            raise QueueFull(f"{waiting} requests are already waiting; try again later")
 
     def stats(self) -> dict:
         s = self._stats

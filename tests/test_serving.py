@@ -127,6 +127,36 @@ def test_cancel_frees_the_slot_within_a_step(tts):
         assert job2.cancelled.is_set()
 
 
+def test_concurrent_submits_never_overfill_the_queue(tts):
+    """20 threads submit at once while the only batch slot is busy: exactly max_queue get in."""
+    sched = SpeechScheduler(tts, max_batch=1, max_queue=3).start()
+    utt = tts.utterances("Busy.", speaker="Vivian")[0]
+    try:
+        running = sched.submit(utt, max_new_tokens=2000, max_piece_tokens=0, **GREEDY)
+        deadline = time.time() + 10
+        while sched.stats()["active"] == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        start, outcomes = threading.Barrier(20), []
+
+        def submit():
+            start.wait()
+            try:
+                sched.submit(utt, max_new_tokens=5, **GREEDY)
+                outcomes.append("queued")
+            except QueueFull:
+                outcomes.append("full")
+
+        threads = [threading.Thread(target=submit) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes.count("queued") == 3 and outcomes.count("full") == 17
+        assert running.finish_reason is None  # still holding the slot throughout
+    finally:
+        sched.close()
+
+
 def test_queue_full_and_closed(tts):
     sched = SpeechScheduler(tts, max_batch=1, max_queue=1).start()
     utt = tts.utterances("Busy.", speaker="Vivian")[0]

@@ -172,6 +172,22 @@ def test_ui_in_browser(ui_server):
             page.click("#custom-run")
             page.get_by_text("text is empty").first.wait_for(timeout=20_000)
             assert "Traceback" not in page.content()
+
+            # The Voice Library lists the kept voice; the Models tab shows the models and the
+            # memory in use, and unloads one.
+            page.get_by_role("tab", name="Voice Library").click()
+            page.locator("button:visible", has_text="Refresh").click()
+            page.wait_for_function("(document.querySelector('#library-table') || {}).innerText?.includes('bright')",
+                                   timeout=20_000)  # fmt: skip
+            page.get_by_role("tab", name="Models").click()
+            page.locator("button:visible", has_text="Refresh").click()
+            page.wait_for_function("(document.querySelector('#models-memory') || {}).innerText?.includes('Memory in use')",
+                                   timeout=20_000)  # fmt: skip
+            table = page.locator("#models-table").inner_text()
+            assert all(name in table for name in ("cv", "vd", "base")), table
+            page.locator("button:visible", has_text="Unload").click()  # the model chosen first: cv
+            page.get_by_text("Unloaded cv").first.wait_for(timeout=20_000)
+            page.screenshot(path=str(ARTIFACTS / "ui-models.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "ui-failure.png"), full_page=True)
             raise

@@ -87,9 +87,9 @@ def read_safetensors_header(path: Path) -> dict:
     return header
 
 
-_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}  # fmt: skip
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+                      "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+                      "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}  # fmt: skip
 
 
 def read_tensor(path: Path, key: str, shape: tuple[int, ...], header: Optional[dict] = None) -> torch.Tensor:
@@ -101,7 +101,7 @@ def read_tensor(path: Path, key: str, shape: tuple[int, ...], header: Optional[d
     info = header[key]
     if tuple(info["shape"]) != tuple(shape):
         raise CheckpointError(f"{path}: tensor {key} has shape {list(info['shape'])}, the config implies {list(shape)}")
-    if info["dtype"] not in _DTYPES:
+    if info["dtype"] not in SAFETENSORS_DTYPES:
         raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
     begin, end = info["data_offsets"]
     with open(path, "rb") as fh:
@@ -110,7 +110,9 @@ def read_tensor(path: Path, key: str, shape: tuple[int, ...], header: Optional[d
         data = bytearray(fh.read(end - begin))
     if len(data) != end - begin:
         raise CheckpointError(f"{path}: truncated inside tensor {key}")
-    return torch.frombuffer(data, dtype=_DTYPES[info["dtype"]]).reshape(shape) if data else torch.empty(shape)
+    if not data:
+        return torch.empty(shape, dtype=SAFETENSORS_DTYPES[info["dtype"]])
+    return torch.frombuffer(data, dtype=SAFETENSORS_DTYPES[info["dtype"]]).reshape(shape)
 
 
 def load_weights(

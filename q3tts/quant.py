@@ -1,7 +1,9 @@
 """Int8 weights for CPU inference, and the CPU thread count to run with.
 
     tts = Qwen3TTS.from_pretrained(path, device="cpu", quantize="int8")   # quantised while loading
-    quantize_int8_(loaded.checkpoint.networks.talker)   # or afterwards (the talker holds the code predictor)
+
+    tts = Qwen3TTS.from_pretrained(path, device="cpu")
+    quantize_int8_(tts.checkpoint.networks.talker)   # or afterwards (the talker holds the code predictor)
 
 Generation on CPU streams every weight of the talker (28 layers) once per frame and every weight
 of the code predictor (5 layers) 15 times per frame, one row of activations at a time: it is

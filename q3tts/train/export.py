@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_safetensors_header
+from ..checkpoint import SAFETENSORS_DTYPES, read_safetensors_header
 from . import lora
 from .config import ConfigError
 from .module import TrainModule
@@ -29,7 +29,6 @@ from .speakers import Speakers
 from .state import fresh_tmp, replace_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_HEADER_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.json")
 
 
@@ -40,7 +39,8 @@ def export_dtype(name: str, source: Path) -> torch.dtype:
             raise ConfigError(f"export_dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
         return DTYPES[name]
     header = read_safetensors_header(source / "model.safetensors")
-    return _HEADER_DTYPES.get(header["talker.codec_head.weight"]["dtype"], torch.float32)
+    stored = SAFETENSORS_DTYPES.get(header["talker.codec_head.weight"]["dtype"])
+    return stored if stored in DTYPES.values() else torch.float32
 
 
 def model_state(module: TrainModule, dtype: torch.dtype) -> dict[str, torch.Tensor]:

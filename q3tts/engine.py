@@ -111,15 +111,8 @@ class Engine:
             h = cp(cp.embed_code(g, nxt)[:, None], pos, caches, pos)[:, -1]
         return torch.stack(codes, dim=1)
 
-    def _predict_rest(self, hidden, code0, opts: SamplingOptions, generator, decoder=None) -> torch.Tensor:
-        if decoder is not None:
-            return decoder.predict_rest(hidden, code0, generator)
-
-        def pick(logits, g):
-            return choose(logits, opts.subtalker_greedy, opts.subtalker_temperature, opts.subtalker_top_k,
-                          opts.subtalker_top_p, generator)  # fmt: skip
-
-        return self.predict_rest(hidden, code0, pick)
+    def _predict_rest(self, decoder, hidden, code0, generator) -> torch.Tensor:
+        return decoder.predict_rest(hidden, code0, generator)  # one place to time it (q3tts bench)
 
     def code0_scores(self, logits: torch.Tensor, seen: torch.Tensor, penalty: float, allow_eos: bool) -> torch.Tensor:
         """Codebook-0 logits [B, V] -> the scores sampling sees: repetition penalty on ids already
@@ -150,29 +143,20 @@ class Engine:
         prefill, valid_prefill, trailing, pad = self._batch_prompts(prompts)
         total = prefill.shape[1] + max(caps) + 2  # cache slots: prompt, every frame, and a spare
         lent = self.decoders.acquire(B, total, opts) if self.decoders is not None else None
+        decoder = lent[1] if lent else DynamicDecoder(self, B, total, opts)
         try:
-            yield from self._frames(prefill, valid_prefill, trailing, pad, opts, caps, total, generator,
-                                    lent[1] if lent else None)  # fmt: skip
+            yield from self._frames(prefill, valid_prefill, trailing, pad, opts, caps, generator, decoder)
         finally:
             if lent:
                 self.decoders.release(*lent)
 
-    def _frames(self, prefill, valid_prefill, trailing, pad, opts, caps, total, generator,
-                decoder) -> Iterator[FrameStep]:  # fmt: skip
+    def _frames(self, prefill, valid_prefill, trailing, pad, opts, caps, generator, decoder) -> Iterator[FrameStep]:
         B, T = prefill.shape[:2]
         max_frames = opts.max_new_tokens - 1
         caps_t = torch.tensor(caps, device=self.device)
         positions = (valid_prefill.long().cumsum(-1) - 1).masked_fill(~valid_prefill, 1)
         next_position = valid_prefill.sum(-1)  # [B] RoPE position of the first generated frame
-        if decoder is not None:
-            hidden = decoder.prefill(prefill, positions, valid_prefill)
-        else:
-            caches = self.talker.new_caches(B, total)
-            valid = torch.zeros(B, total, dtype=torch.bool, device=self.device)
-            valid[:, :T] = valid_prefill
-            slots = torch.arange(total, device=self.device)
-            hidden = self.talker(prefill, positions, causal_mask(slots[:T], slots[:T], valid[:, :T]), caches, slots[:T])
-            hidden = hidden[:, -1]
+        hidden = decoder.prefill(prefill, positions, valid_prefill)
         seen = torch.zeros(B, self.config.talker.vocab_size, dtype=torch.bool, device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         emitted_count = torch.zeros(B, dtype=torch.long, device=self.device)
@@ -193,18 +177,42 @@ class Engine:
                 done |= capped
             if bool(done.all()):
                 return
-            codes = self._predict_rest(hidden, code0, opts, generator, decoder)
+            codes = self._predict_rest(decoder, hidden, code0, generator)
             emitted = ~done
             yield FrameStep(codes, emitted, hidden)
             emitted_count += emitted.long()
-
             text = trailing[:, step] if step < trailing.shape[1] else pad
-            pos = (next_position + step)[:, None]
-            if decoder is not None:
-                hidden = decoder.talker_step(codes, text, pos, T + step)
-                continue
-            frame = self.talker.embed_frame(codes)
-            slot = slots[T + step : T + step + 1]
-            valid[:, T + step] = True
-            mask = causal_mask(slot, slots[: T + step + 1], valid[:, : T + step + 1])
-            hidden = self.talker((frame + text)[:, None], pos, mask, caches, slot)[:, -1]
+            hidden = decoder.talker_step(codes, text, (next_position + step)[:, None], T + step)
+
+
+class DynamicDecoder:
+    """The steps of one call over caches of its own, attending over the filled prefix only (the
+    CPU path; static_decode.StaticDecoder has the same three methods over fixed shapes)."""
+
+    def __init__(self, engine: Engine, batch: int, length: int, opts: SamplingOptions):
+        self.engine, self.opts = engine, opts
+        self.caches = engine.talker.new_caches(batch, length)
+        self.valid = torch.zeros(batch, length, dtype=torch.bool, device=engine.device)
+        self.slots = torch.arange(length, device=engine.device)
+
+    def prefill(self, prefill: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        T = prefill.shape[1]
+        self.valid[:, :T] = valid
+        slots = self.slots[:T]
+        return self.engine.talker(prefill, positions, causal_mask(slots, slots, valid), self.caches, slots)[:, -1]
+
+    def predict_rest(self, hidden: torch.Tensor, code0: torch.Tensor, generator) -> torch.Tensor:
+        o = self.opts
+
+        def pick(logits, g):
+            return choose(logits, o.subtalker_greedy, o.subtalker_temperature, o.subtalker_top_k, o.subtalker_top_p,
+                          generator)  # fmt: skip
+
+        return self.engine.predict_rest(hidden, code0, pick)
+
+    def talker_step(self, codes: torch.Tensor, text: torch.Tensor, position: torch.Tensor, slot: int) -> torch.Tensor:
+        talker = self.engine.talker
+        self.valid[:, slot] = True
+        mask = causal_mask(self.slots[slot : slot + 1], self.slots[: slot + 1], self.valid[:, : slot + 1])
+        x = (talker.embed_frame(codes) + text)[:, None]
+        return talker(x, position, mask, self.caches, self.slots[slot : slot + 1])[:, -1]

@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, AudioError, load_audio, mel_spectrogram
+from .audio import SAMPLE_RATE, load_audio, mel_spectrogram
 from .engine import Engine, length_cap
 from .model import Checkpoint, load_checkpoint
 from .prompt import Prompt, Utterance, build_prompt
@@ -73,7 +73,7 @@ def resolve_quantize(quantize: Optional[str], device: torch.device) -> Optional[
 
 
 def resolve_codec_dtype(codec_dtype, device: torch.device, quantize: Optional[str]) -> torch.dtype:
-    """"auto": float32, except in the int8 CPU mode on a CPU with native bf16 (AVX512-BF16, AMX),
+    """ "auto": float32, except in the int8 CPU mode on a CPU with native bf16 (AVX512-BF16, AMX),
     where the codec runs in bf16: measured 1.7x faster per frame on the 12 Hz decoder there, and
     the codec is then a fifth of a frame's time."""
     if codec_dtype in (None, "auto"):
@@ -235,7 +235,9 @@ class Qwen3TTS:
     def _check_language(self, language: Optional[str]) -> str:
         lang = (language or "auto").lower()
         if lang not in self.get_supported_languages():
-            raise InputError(f"unsupported language '{language}'; supported: {', '.join(self.get_supported_languages())}")
+            raise InputError(
+                f"unsupported language '{language}'; supported: {', '.join(self.get_supported_languages())}"
+            )
         return lang
 
     def _check_text(self, text) -> str:
@@ -308,7 +310,9 @@ class Qwen3TTS:
                                   non_streaming_mode=non_streaming_mode))  # fmt: skip
         return utts
 
-    def create_voice_clone_prompt(self, ref_audio, ref_text=None, x_vector_only_mode=False) -> list[VoiceClonePromptItem]:
+    def create_voice_clone_prompt(
+        self, ref_audio, ref_text=None, x_vector_only_mode=False
+    ) -> list[VoiceClonePromptItem]:
         """Reference clip(s) -> reusable voice prompt items (x-vector, and codes + text for ICL)."""
         self._require_kind("base", "create_voice_clone_prompt")
         audios = list(ref_audio) if isinstance(ref_audio, list) else [ref_audio]

@@ -78,8 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruct", default="A calm, clear adult voice.", help="VoiceDesign description")
     parser.add_argument("--language", default="english")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reference", action="store_true",
-                        help="also run the official qwen-tts package on the same checkpoint; print ratios")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run the official qwen-tts package on the same checkpoint; print ratios",
+    )
     parser.add_argument("--reference-python",
                         help="Python of an environment with qwen-tts (default: $Q3TTS_REFERENCE_PYTHON, "
                              "else .oracle-venv/bin/python in the current folder)")  # fmt: skip
@@ -282,10 +285,14 @@ def format_report(report: dict) -> str:
     ck, env = ours["checkpoint"], ours["env"]
     lines = [
         f"checkpoint  {cfg['model']} ({ck['kind']}, {ck['size']}, {ck['parameters'] / 1e6:.0f} M parameters)",
-        (f"setup       {env['device']} {env.get('cpu', '')}, {cfg['dtype']}, {env['threads']} threads, quantize "
-         f"{cfg['quantize']}, codec {env.get('codec_dtype', '?')}, torch {env['torch']}"),
-        (f"runs        {cfg['frames']} frames per row, warmup {cfg['warmup']}, median of {cfg['repeat']}; "
-         "a step = one frame for every row"),
+        (
+            f"setup       {env['device']} {env.get('cpu', '')}, {cfg['dtype']}, {env['threads']} threads, quantize "
+            f"{cfg['quantize']}, codec {env.get('codec_dtype', '?')}, torch {env['torch']}"
+        ),
+        (
+            f"runs        {cfg['frames']} frames per row, warmup {cfg['warmup']}, median of {cfg['repeat']}; "
+            "a step = one frame for every row"
+        ),
         "",
     ]
     columns = [(f"ours b={b}", ours["runs"][b]) for b in ours["runs"]]

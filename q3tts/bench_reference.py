@@ -181,9 +181,16 @@ def main(argv: list[str]) -> int:
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("speech_tokenizer."))
     result = dict(
         implementation="qwen-tts",
-        env=dict(torch=torch.__version__, transformers=transformers.__version__, qwen_tts=package_version("qwen-tts"),
-                 python=sys.version.split()[0], device=str(device), dtype=cfg["dtype"],
-                 threads=torch.get_num_threads(), attention="sdpa"),
+        env=dict(
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            qwen_tts=package_version("qwen-tts"),
+            python=sys.version.split()[0],
+            device=str(device),
+            dtype=cfg["dtype"],
+            threads=torch.get_num_threads(),
+            attention="sdpa",
+        ),
         checkpoint=dict(kind=kind, size=model.tts_model_size, parameters=params),
         load_seconds=load_seconds,
         rss_after_load_bytes=rss_after_load,

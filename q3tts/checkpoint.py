@@ -72,7 +72,9 @@ def read_safetensors_header(path: Path) -> dict:
                 raise CheckpointError(f"{path}: truncated (only {size} bytes), not a safetensors file")
             (n,) = struct.unpack("<Q", head)
             if n > size - 8 or n > 100_000_000:
-                raise CheckpointError(f"{path}: corrupt or not a safetensors file (header length {n}, file {size} bytes)")
+                raise CheckpointError(
+                    f"{path}: corrupt or not a safetensors file (header length {n}, file {size} bytes)"
+                )
             header = json.loads(fh.read(n))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
@@ -139,7 +141,7 @@ def load_weights(
 
     header = read_safetensors_header(path)
     expected = {k: v for k, v in module.state_dict(keep_vars=True).items() if not k.startswith(skip)}
-    found = {k[len(prefix):]: k for k in header if k.startswith(prefix)}
+    found = {k[len(prefix) :]: k for k in header if k.startswith(prefix)}
     found = {k: v for k, v in found.items() if not k.startswith(ignore_prefixes + skip)}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -175,5 +177,7 @@ def load_weights(
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise CheckpointError(
+            f"{path}: cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     module.load_state_dict(state, strict=not skip, assign=True)  # every expected name is checked above

@@ -100,8 +100,13 @@ def checkpoint_info(path: str) -> dict:
         "size": cfg.tts_model_size,
         "parameters": params,
         "dtypes": sorted({v["dtype"] for v in header.values()}),
-        "talker": {"hidden": t.hidden_size, "layers": t.num_hidden_layers, "heads": t.num_attention_heads,
-                   "kv_heads": t.num_key_value_heads, "intermediate": t.intermediate_size},  # fmt: skip
+        "talker": {
+            "hidden": t.hidden_size,
+            "layers": t.num_hidden_layers,
+            "heads": t.num_attention_heads,
+            "kv_heads": t.num_key_value_heads,
+            "intermediate": t.intermediate_size,
+        },  # fmt: skip
         "code_predictor": {"hidden": t.code_predictor.hidden_size, "layers": t.code_predictor.num_hidden_layers},
         "codebooks": t.num_code_groups,
         "sample_rate": speech.output_sample_rate,
@@ -118,10 +123,14 @@ def cmd_info(args) -> None:
         print(json.dumps(info, indent=2))
         return
     print(f"{info['path']}")
-    print(f"  kind        {info['kind']} ({info['size']}), {info['parameters'] / 1e6:.1f} M parameters, {'/'.join(info['dtypes'])}")
+    print(
+        f"  kind        {info['kind']} ({info['size']}), {info['parameters'] / 1e6:.1f} M parameters, {'/'.join(info['dtypes'])}"
+    )
     tk = info["talker"]
     print(f"  talker      {tk['layers']} layers, hidden {tk['hidden']}, {tk['heads']}/{tk['kv_heads']} heads")
-    print(f"  codec       {info['codebooks']} codebooks, {info['frame_rate']:g} Hz frames, {info['sample_rate']} Hz audio")
+    print(
+        f"  codec       {info['codebooks']} codebooks, {info['frame_rate']:g} Hz frames, {info['sample_rate']} Hz audio"
+    )
     print(f"  languages   {', '.join(info['languages'])}")
     if info["speakers"]:
         print(f"  speakers    {', '.join(info['speakers'])}")
@@ -427,7 +436,7 @@ def _render(args, model, out: Output, **call) -> None:
             sink.close()
     elapsed = time.perf_counter() - t0
     if samples == 0:
-        warnings.warn("no audio was generated (end of speech came first); the output is empty")
+        warnings.warn("no audio was generated (end of speech came first); the output is empty", stacklevel=2)
     audio_s = samples / sr
     rtf = f", RTF {elapsed / audio_s:.2f}" if audio_s else ""
     note(f"wrote {out.name}: {seconds(audio_s)} of audio ({samples // FRAME_SAMPLES} frames) "
@@ -735,7 +744,9 @@ def _train_entry(module: str, argv: list[str]) -> int:
     try:
         entry = importlib.import_module(f"{__package__ or 'q3tts'}.train.{module}").main
     except ImportError as e:
-        raise UsageError(f"fine-tuning needs the `train` extra (pip install 'q3tts[train]'): {one_line(str(e))}") from None
+        raise UsageError(
+            f"fine-tuning needs the `train` extra (pip install 'q3tts[train]'): {one_line(str(e))}"
+        ) from None
     try:
         return entry(argv) or 0
     except SystemExit as e:  # the entry points exit with a one-line "q3tts: ..." message
@@ -837,8 +848,12 @@ def _synthesis_parent() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, help="talker top-p (1: off)")
     g.add_argument("--repetition-penalty", type=float, help="talker repetition penalty (1: off)")
     g.add_argument("--max-new-tokens", type=_positive_int, help="cap on generated frames + 1")
-    g.add_argument("--max-piece-tokens", type=_count, metavar="N",
-                   help="generate long texts in sentence-aware pieces of at most N text tokens (0: never split)")
+    g.add_argument(
+        "--max-piece-tokens",
+        type=_count,
+        metavar="N",
+        help="generate long texts in sentence-aware pieces of at most N text tokens (0: never split)",
+    )
     g.add_argument("--stream", action="store_true", help="write the output while it is generated")
     g.add_argument("--chunk-frames", type=_positive_int, default=4, help="frames per streamed chunk (default 4)")
     return p

@@ -14,8 +14,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checkpoint import (MAIN_FILES, SPEECH_TOKENIZER_FILES, CheckpointError, load_weights, read_safetensors_header,
-                         read_tensor, require_files, resolve)
+from .checkpoint import (
+    MAIN_FILES,
+    SPEECH_TOKENIZER_FILES,
+    CheckpointError,
+    load_weights,
+    read_safetensors_header,
+    read_tensor,
+    require_files,
+    resolve,
+)
 from .codec.decoder import CodecDecoder
 from .codec.encoder import UNUSED_KEY_PREFIXES as ENCODER_UNUSED_KEYS
 from .codec.encoder import CodecEncoder

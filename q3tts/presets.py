@@ -108,9 +108,17 @@ def _talker(size: str) -> dict:
         position_id_per_seconds=13,
         **CONTROL_IDS,
         codec_language_id=dict(LANGUAGE_IDS),
-        code_predictor_config=dict(**predictor, vocab_size=2048, hidden_act="silu", max_position_embeddings=65536,
-                                   rms_norm_eps=1e-6, rope_theta=1000000, num_code_groups=16,
-                                   attention_bias=False, model_type="qwen3_tts_talker_code_predictor"),  # fmt: skip
+        code_predictor_config=dict(
+            **predictor,
+            vocab_size=2048,
+            hidden_act="silu",
+            max_position_embeddings=65536,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000,
+            num_code_groups=16,
+            attention_bias=False,
+            model_type="qwen3_tts_talker_code_predictor",
+        ),  # fmt: skip
         model_type="qwen3_tts_talker",
     )
 
@@ -138,18 +146,50 @@ def _speech_tokenizer(size: str) -> dict:
         "encode_downsample_rate": 1920,
         "decode_upsample_rate": 1920,
         "decoder_config": dict(
-            **decoder, codebook_size=2048, num_quantizers=16, num_semantic_quantizers=1, semantic_codebook_size=4096,
-            vector_quantization_hidden_dimension=decoder["codebook_dim"], attention_bias=False, hidden_act="silu",
-            layer_scale_initial_scale=0.01, max_position_embeddings=8000, rms_norm_eps=1e-5, rope_theta=10000,
-            sliding_window=72, upsample_rates=[8, 5, 4, 3], upsampling_ratios=[2, 2],
+            **decoder,
+            codebook_size=2048,
+            num_quantizers=16,
+            num_semantic_quantizers=1,
+            semantic_codebook_size=4096,
+            vector_quantization_hidden_dimension=decoder["codebook_dim"],
+            attention_bias=False,
+            hidden_act="silu",
+            layer_scale_initial_scale=0.01,
+            max_position_embeddings=8000,
+            rms_norm_eps=1e-5,
+            rope_theta=10000,
+            sliding_window=72,
+            upsample_rates=[8, 5, 4, 3],
+            upsampling_ratios=[2, 2],
         ),  # fmt: skip
         "encoder_config": dict(
-            **encoder, _frame_rate=12.5, frame_rate=12.5, sampling_rate=24000, audio_channels=1, codebook_size=2048,
-            num_quantizers=32, num_semantic_quantizers=1, num_residual_layers=1, upsampling_ratios=[8, 6, 5, 4],
-            kernel_size=7, last_kernel_size=3, residual_kernel_size=3, dilation_growth_rate=2, use_causal_conv=True,
-            pad_mode="constant", compress=2, trim_right_ratio=1.0, use_conv_shortcut=False, hidden_act="gelu",
-            max_position_embeddings=8000, norm_eps=1e-5, rope_theta=10000, sliding_window=250,
-            layer_scale_initial_scale=0.01, use_streaming=False, model_type="mimi",
+            **encoder,
+            _frame_rate=12.5,
+            frame_rate=12.5,
+            sampling_rate=24000,
+            audio_channels=1,
+            codebook_size=2048,
+            num_quantizers=32,
+            num_semantic_quantizers=1,
+            num_residual_layers=1,
+            upsampling_ratios=[8, 6, 5, 4],
+            kernel_size=7,
+            last_kernel_size=3,
+            residual_kernel_size=3,
+            dilation_growth_rate=2,
+            use_causal_conv=True,
+            pad_mode="constant",
+            compress=2,
+            trim_right_ratio=1.0,
+            use_conv_shortcut=False,
+            hidden_act="gelu",
+            max_position_embeddings=8000,
+            norm_eps=1e-5,
+            rope_theta=10000,
+            sliding_window=250,
+            layer_scale_initial_scale=0.01,
+            use_streaming=False,
+            model_type="mimi",
         ),  # fmt: skip
     }
 
@@ -206,7 +246,7 @@ def write_text_tokenizer(out: Path, size: str) -> tuple[dict[str, int], int]:
 
     Full-size presets put the special tokens at their real ids (151643 on) by padding the BPE
     vocab with unreachable placeholder entries, so prompts carry the real id values."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import models, pre_tokenizers, trainers
 
     from .text import TextTokenizer, qwen2_pipeline
 
@@ -226,7 +266,14 @@ def write_text_tokenizer(out: Path, size: str) -> tuple[dict[str, int], int]:
     merge_lines = [m if isinstance(m, str) else " ".join(m) for m in merges]
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merge_lines) + "\n", encoding="utf-8")
     added = {
-        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for t, i in special_ids.items()
     }
     config = {
@@ -273,10 +320,10 @@ def make_checkpoint(out: str | Path, preset: str = "tiny", kind: str = "custom_v
     """Write a complete random-weight checkpoint folder; returns its path."""
     from safetensors.torch import save_file
 
+    from . import speaker_encoder, talker
     from .codec import decoder as codec_decoder
     from .codec import encoder as codec_encoder
     from .model import SpeechTokenizer, TTSNetworks
-    from . import speaker_encoder, talker
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}', expected one of {PRESETS}")
@@ -288,9 +335,19 @@ def make_checkpoint(out: str | Path, preset: str = "tiny", kind: str = "custom_v
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2), encoding="utf-8")
     (out / "speech_tokenizer" / "config.json").write_text(json.dumps(speech, indent=2), encoding="utf-8")
     (out / "speech_tokenizer" / "preprocessor_config.json").write_text(
-        json.dumps({"feature_extractor_type": "EncodecFeatureExtractor", "feature_size": 1, "sampling_rate": 24000,
-                    "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True,
-                    "chunk_length_s": None, "overlap": None}, indent=2),  # fmt: skip
+        json.dumps(
+            {
+                "feature_extractor_type": "EncodecFeatureExtractor",
+                "feature_size": 1,
+                "sampling_rate": 24000,
+                "padding_side": "right",
+                "padding_value": 0.0,
+                "return_attention_mask": True,
+                "chunk_length_s": None,
+                "overlap": None,
+            },
+            indent=2,
+        ),  # fmt: skip
         encoding="utf-8",
     )
     gen = torch.Generator().manual_seed(seed)

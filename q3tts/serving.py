@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .api import InputError, Qwen3TTS
-from .engine import LengthCapWarning
 from .codec.decoder import DecoderStream
+from .engine import LengthCapWarning
 from .layers import KVCache
 from .prompt import Prompt, Utterance
 from .sampling import SamplingOptions, choose
@@ -383,7 +383,7 @@ class SpeechScheduler:
             key = settings(row.job.opts) if row.job.generator is None else ("own", i)
             groups.setdefault(key, []).append(i)
         out = None
-        for key, idx in groups.items():
+        for idx in groups.values():
             job = self._rows[idx[0]].job
             greedy, temperature, top_k, top_p = settings(job.opts)
             if len(groups) == 1:

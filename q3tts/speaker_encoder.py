@@ -130,9 +130,7 @@ class SpeakerEncoder(nn.Module):
         self.blocks = nn.ModuleList([TDNN(cfg.mel_dim, chans[0], kernels[0], dils[0])])
         for i in range(1, len(chans) - 1):
             self.blocks.append(
-                SERes2NetBlock(
-                    chans[i - 1], chans[i], cfg.enc_res2net_scale, cfg.enc_se_channels, kernels[i], dils[i]
-                )
+                SERes2NetBlock(chans[i - 1], chans[i], cfg.enc_res2net_scale, cfg.enc_se_channels, kernels[i], dils[i])
             )
         # Multi-layer feature aggregation over the concatenated SE-Res2Net outputs.
         self.mfa = TDNN(chans[-1], chans[-1], kernels[-1], dils[-1])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -88,7 +88,10 @@ class Qwen3TTSTokenizer:
         clips = []
         for item in items:
             if isinstance(item, (np.ndarray, torch.Tensor)):
-                item = (np.asarray(item.cpu() if isinstance(item, torch.Tensor) else item, dtype=np.float32), sr or rate)
+                item = (
+                    np.asarray(item.cpu() if isinstance(item, torch.Tensor) else item, dtype=np.float32),
+                    sr or rate,
+                )
             clip = load_audio(item, sr=rate)
             if clip.size == 0:
                 raise AudioError("cannot encode an empty clip")
@@ -108,7 +111,9 @@ class Qwen3TTSTokenizer:
         if isinstance(items, (np.ndarray, torch.Tensor)):
             items = torch.as_tensor(items)
             items = list(items) if items.dim() == 3 else [items]
-        return [self._check_codes(torch.as_tensor(np.asarray(c) if not isinstance(c, torch.Tensor) else c)) for c in items]
+        return [
+            self._check_codes(torch.as_tensor(np.asarray(c) if not isinstance(c, torch.Tensor) else c)) for c in items
+        ]
 
     def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.dim() != 2 or codes.shape[1] != self.num_codebooks:
@@ -150,4 +155,3 @@ class Qwen3TTSTokenizer:
         for chunk in chunks:
             codes = self._check_codes(torch.as_tensor(chunk))
             yield decoder.decode_chunk(codes.T[None].to(device), state)[0, 0].float().cpu().numpy()
-

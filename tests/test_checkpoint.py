@@ -137,7 +137,9 @@ def test_wrong_shapes(broken):
     cfg = json.loads((ck / "config.json").read_text())
     cfg["talker_config"]["intermediate_size"] = 96
     (ck / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor talker\.model\.layers\.0\.mlp\.\w+_proj\.weight has shape"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: tensor talker\.model\.layers\.0\.mlp\.\w+_proj\.weight has shape"
+    ):
         load_checkpoint(ck)
 
 
@@ -146,7 +148,9 @@ def test_missing_tensor_for_config(broken):
     cfg = json.loads((ck / "config.json").read_text())
     cfg["talker_config"]["num_hidden_layers"] += 1
     (ck / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing \d+ tensor\(s\), e\.g\. talker\.model\.layers\.2\."):
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: missing \d+ tensor\(s\), e\.g\. talker\.model\.layers\.2\."
+    ):
         load_checkpoint(ck)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -77,7 +76,9 @@ def utterances_for(model: Qwen3TTS, name: str) -> list[Utterance]:
     args = {k: v for k, v in args.items() if k != "call"}
     call = CASES[name][1]["call"]
     if call == "custom_voice":
-        return model._custom_voice_utterances(args["text"], args["speaker"], args["language"], args.get("instruct"), True)
+        return model._custom_voice_utterances(
+            args["text"], args["speaker"], args["language"], args.get("instruct"), True
+        )
     if call == "voice_design":
         return model._voice_design_utterances(args["text"], args["instruct"], args["language"], True)
     return model._clone_utterances(args["text"], args["language"], (reference_clip(), 24000), args.get("ref_text"),
@@ -166,7 +167,9 @@ def test_voice_prompt_round_trip(models, tmp_path):
     loaded = VoiceClonePromptItem.load(tmp_path / "voice.safetensors")
     assert torch.equal(loaded.ref_code.cpu(), item.ref_code.cpu()) and loaded.ref_text == item.ref_text
     a = model.generate_voice_clone(TEXT, voice_clone_prompt=[item], max_new_tokens=15, **GREEDY)[0][0]
-    b = model.generate_voice_clone(TEXT, voice_clone_prompt=tmp_path / "voice.safetensors", max_new_tokens=15, **GREEDY)[0][0]
+    b = model.generate_voice_clone(
+        TEXT, voice_clone_prompt=tmp_path / "voice.safetensors", max_new_tokens=15, **GREEDY
+    )[0][0]
     np.testing.assert_array_equal(a, b)
 
 

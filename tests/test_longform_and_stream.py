@@ -83,7 +83,11 @@ def test_long_text_is_pieces_joined_by_one_codec_stream(custom):
     kw = dict(speaker="Ryan", language="English", max_new_tokens=15, **GREEDY)
     utt = custom._custom_voice_utterances(text, "Ryan", "English", None, True)[0]
     pieces = custom._pieces(utt, budget)
-    assert [p.text for p in pieces] == ["One short sentence here.", "Another one follows it.", "And a third closes the text."]
+    assert [p.text for p in pieces] == [
+        "One short sentence here.",
+        "Another one follows it.",
+        "And a third closes the text.",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         codes = [custom.generate_codes([p], max_new_tokens=15, **GREEDY)[0] for p in pieces]
@@ -105,7 +109,9 @@ def test_long_text_batch_rows_with_different_piece_counts(custom):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         both, _ = custom.generate_custom_voice(texts, **kw)
-        alone = [custom.generate_custom_voice(t, **{**kw, "speaker": s})[0][0] for t, s in zip(texts, ["Vivian", "Ryan"])]
+        alone = [
+            custom.generate_custom_voice(t, **{**kw, "speaker": s})[0][0] for t, s in zip(texts, ["Vivian", "Ryan"])
+        ]
     for a, b in zip(both, alone):
         assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
     assert both[1].shape[0] > both[0].shape[0]

@@ -129,13 +129,13 @@ def test_quantised_on_load_equals_quantised_after(make_tiny):
 
 
 def test_codec_dtype_follows_the_mode(make_tiny, monkeypatch):
-    """"auto": float32, but bf16 for the int8 CPU mode where the CPU has native bf16."""
+    """ "auto": float32, but bf16 for the int8 CPU mode where the CPU has native bf16."""
     import q3tts.api as api
 
     path = make_tiny("custom_voice")
     for native, quantize, expected in [(True, "int8", torch.bfloat16), (False, "int8", torch.float32),
                                        (True, None, torch.float32)]:  # fmt: skip
-        monkeypatch.setattr(api, "native_bf16_cpu", lambda: native)
+        monkeypatch.setattr(api, "native_bf16_cpu", lambda native=native: native)
         model = Qwen3TTS.from_pretrained(path, device="cpu", quantize=quantize)
         assert next(model.checkpoint.speech_tokenizer.decoder.parameters()).dtype == expected
         wavs, _ = model.generate_custom_voice("Hi.", speaker="Vivian", max_new_tokens=3, seed=0)

@@ -96,8 +96,9 @@ def test_rows_stop_at_their_own_eos(custom, force_eos):
 
 
 LONG_TEXT = " ".join(["Every word of this sentence keeps the speech going for a while longer."] * 3)
-LONG_KW = dict(speaker="Vivian", language="English", max_new_tokens=401, min_new_tokens=401, max_piece_tokens=0,
-               **GREEDY)  # no end of speech before 400 frames (32 s)
+LONG_KW = dict(
+    speaker="Vivian", language="English", max_new_tokens=401, min_new_tokens=401, max_piece_tokens=0, **GREEDY
+)  # no end of speech before 400 frames (32 s)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,8 @@ from q3tts.server.voices import BadVoiceName, VoiceExists, VoiceLibrary, VoiceNo
 pytestmark = pytest.mark.filterwarnings("ignore::q3tts.engine.LengthCapWarning")
 FRAME = 1920  # samples per codec frame at 24 kHz
 FORMATS = ["wav", "pcm", "mp3", "opus", "aac", "flac"]
+
+
 def frames(n: int) -> dict:
     """Generation options for exactly n frames: the length cap, and no end of speech before it."""
     return {"max_new_tokens": n + 1, "min_new_tokens": n + 1}

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from q3tts.api import InputError, Qwen3TTS
 from q3tts.serving import QueueFull, SchedulerClosed, SpeechScheduler

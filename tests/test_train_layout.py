@@ -103,7 +103,9 @@ def test_new_speaker_prefill_matches_exported_speaker(base):
         exported_cfg.talker.spk_is_dialect["bob"] = dialect or False
         with torch.no_grad():
             talker.model.codec_embedding.weight[sid] = vec
-        generated = build_prompt(talker, exported_cfg, base.tokenizer, Utterance("你好，世界。", language, speaker="bob")).prefill
+        generated = build_prompt(
+            talker, exported_cfg, base.tokenizer, Utterance("你好，世界。", language, speaker="bob")
+        ).prefill
         assert torch.equal(trained, generated), (language, dialect)
 
 

@@ -201,8 +201,11 @@ def test_layer_replacement_trains_only_new_layers(prepared, tmp_path):
     final = Path(res["final"])
     assert json.loads((final / "config.json").read_text())["talker_config"]["num_hidden_layers"] == 3
     diff, rows = changed(prepared[0], final)
-    new_layers = {k for k in load_file(str(final / "model.safetensors")) if k.startswith(("talker.model.layers.1.",
-                                                                                         "talker.model.layers.2."))}
+    new_layers = {
+        k
+        for k in load_file(str(final / "model.safetensors"))
+        if k.startswith(("talker.model.layers.1.", "talker.model.layers.2."))
+    }
     assert diff == new_layers | {"talker.model.codec_embedding.weight"} and rows == {3000, 3001}
     # Against the same run with lr 0 (the new layers as initialised, same seed): training moved
     # every tensor of the new layers and nothing else.
@@ -243,7 +246,10 @@ def test_two_processes_shard_the_data_and_resume(prepared, tmp_path):
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and [r["epoch"] for r in log] == [0.5, 1.0, 1.5, 2.0]
     assert {p.name for p in (out / "checkpoint-000004").glob("rng_state_*")} == {"rng_state_0.pt", "rng_state_1.pt"}
-    assert Qwen3TTS.from_pretrained(out / "final", device="cpu", dtype="float32").get_supported_speakers() == ["alice", "bob"]
+    assert Qwen3TTS.from_pretrained(out / "final", device="cpu", dtype="float32").get_supported_speakers() == [
+        "alice",
+        "bob",
+    ]
 
 
 def test_kill_9_then_resume_in_a_new_process(prepared, tmp_path):

@@ -145,7 +145,9 @@ def main() -> None:
             print(f"\nM={m} rows: ms for all {len(shapes)} linears (best of {args.rounds} rounds); "
                   "GB/s = fp32-equivalent weight bytes streamed per second")  # fmt: skip
             for name, sec in sorted(best.items(), key=lambda kv: kv[1]):
-                print(f"  {name:38s} {sec * 1e3:8.2f} ms  {base / sec:5.2f}x vs fp32  {fp32_bytes / sec / 1e9:6.1f} GB/s")
+                print(
+                    f"  {name:38s} {sec * 1e3:8.2f} ms  {base / sec:5.2f}x vs fp32  {fp32_bytes / sec / 1e9:6.1f} GB/s"
+                )
 
 
 if __name__ == "__main__":

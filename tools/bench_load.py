@@ -59,8 +59,13 @@ def main() -> None:
     if out.returncode:
         sys.exit(out.stderr)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    r.update(checkpoint=str(path), dtype=args.dtype, disk_bytes=disk, peak_over_disk=r["peak_rss"] / disk,
-             peak_over_weights=r["peak_rss"] / r["loaded_weight_bytes"])
+    r.update(
+        checkpoint=str(path),
+        dtype=args.dtype,
+        disk_bytes=disk,
+        peak_over_disk=r["peak_rss"] / disk,
+        peak_over_weights=r["peak_rss"] / r["loaded_weight_bytes"],
+    )
     print(json.dumps(r, indent=2))
     print(f"peak RSS {r['peak_rss'] / 1e9:.2f} GB = {r['peak_over_disk']:.2f} x the {disk / 1e9:.2f} GB on disk "
           f"and {r['peak_over_weights']:.2f} x the {r['loaded_weight_bytes'] / 1e9:.2f} GB of loaded weights, every "

@@ -75,8 +75,16 @@ def serve(args: argparse.Namespace) -> int:
         holder["server"].should_exit = True
 
     app = create_app(settings, on_fatal=stop)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                                           ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=args.log_level,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+        )
+    )
     holder["server"] = server
     server.run()
     return 1 if holder.get("failed") else 0

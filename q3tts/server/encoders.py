@@ -1,12 +1,12 @@
 """Audio encoders for the speech endpoints: float32 chunks in, bytes out as early as the format allows.
 
-  pcm   raw s16le, 24 kHz mono: each chunk as it is generated
-  wav   a 44-byte header whose RIFF and data sizes are 0xFFFFFFFF ("length unknown", as streaming
-        WAV writers do), then the pcm stream
-  mp3, opus (Ogg), aac (ADTS)   encoded incrementally with PyAV (FFmpeg): a packet leaves as soon
-        as the encoder has it (one ~20 ms Ogg page per Opus packet)
-  flac  encoded after generation, in one piece: a streamed FLAC cannot state its length, and common
-        readers (libsndfile) reject such a file
+pcm   raw s16le, 24 kHz mono: each chunk as it is generated
+wav   a 44-byte header whose RIFF and data sizes are 0xFFFFFFFF ("length unknown", as streaming
+      WAV writers do), then the pcm stream
+mp3, opus (Ogg), aac (ADTS)   encoded incrementally with PyAV (FFmpeg): a packet leaves as soon
+      as the encoder has it (one ~20 ms Ogg page per Opus packet)
+flac  encoded after generation, in one piece: a streamed FLAC cannot state its length, and common
+      readers (libsndfile) reject such a file
 """
 
 from __future__ import annotations

@@ -141,8 +141,9 @@ class ModelManager:
         with self._lock:
             e = self._entry(key)
             if e.scheduler is None:
-                tts = Qwen3TTS.from_pretrained(e.source, device=self.device, dtype=self.dtype, quantize=self.quantize,
-                                               lazy=True).load()
+                tts = Qwen3TTS.from_pretrained(
+                    e.source, device=self.device, dtype=self.dtype, quantize=self.quantize, lazy=True
+                ).load()
                 e.tts, e.scheduler = tts, SpeechScheduler(tts, self.max_batch, self.max_queue).start()
             return e.tts, e.scheduler
 

@@ -500,9 +500,11 @@ def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
         lib_refresh.click(_guarded(voice_views), None, voice_outputs)
         lib_use.click(use_voice, [lib_name], [vc_voice, tabs])
         vc_save.click(save_reference, [vc_ref, vc_ref_text, vc_xvec, vc_name], [vc_msg, *voice_outputs]).then(
-            _guarded(statuses), None, status_outputs)
+            _guarded(statuses), None, status_outputs
+        )
         dc_save.click(keep_and_list, [designed, dc_name], [dc_msg, *voice_outputs]).then(
-            _guarded(statuses), None, status_outputs)
+            _guarded(statuses), None, status_outputs
+        )
         demo.load(_guarded(lambda: (*model_views(), *voice_views())), None, [*model_outputs, *voice_outputs])
     demo.queue(default_concurrency_limit=max(1, models.max_batch))
     return demo

@@ -205,7 +205,9 @@ def config_from_dict(data: dict) -> TrainConfig:
     return _build(TrainConfig, data, "")
 
 
-def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] = (), env_file: Optional[Path] = None) -> TrainConfig:
+def load_config(
+    path: Optional[Path] = None, overrides: tuple[str, ...] = (), env_file: Optional[Path] = None
+) -> TrainConfig:
     yaml = require("yaml", "reading the training config")
     tree: dict = {}
     if path is not None:

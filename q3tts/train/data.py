@@ -43,7 +43,9 @@ def load_prepared(folder: str | Path) -> list[Example]:
         s = shards[x["shard"]]
         lo, hi = int(s["offsets"][x["row"]]), int(s["offsets"][x["row"] + 1])
         xv = s["xvectors"][x["row"]] if "xvectors" in s else None
-        out.append(Example(x["id"], x["text"], s["codes"][lo:hi].long(), x.get("speaker"), x.get("language", "auto"), xv))
+        out.append(
+            Example(x["id"], x["text"], s["codes"][lo:hi].long(), x.get("speaker"), x.get("language", "auto"), xv)
+        )
     return out
 
 
@@ -84,4 +86,3 @@ def eval_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list
     """Validation batches of this process (in order, no padding: every example counted once)."""
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     return batches[rank::world]
-

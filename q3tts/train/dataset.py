@@ -237,11 +237,18 @@ class Prepare:
         report = {
             "out": str(self.out),
             "items_seen": tally.seen,
-            "kept": {"total": len(index), "new": tally.new, "previous": tally.previous,
-                     "train": sum(x["split"] == "train" for x in index),
-                     "validation": sum(x["split"] == "validation" for x in index)},  # fmt: skip
-            "hours": {"total": round(sum(hours.values()), 4), "train": round(hours["train"], 4),
-                      "validation": round(hours["validation"], 4)},  # fmt: skip
+            "kept": {
+                "total": len(index),
+                "new": tally.new,
+                "previous": tally.previous,
+                "train": sum(x["split"] == "train" for x in index),
+                "validation": sum(x["split"] == "validation" for x in index),
+            },  # fmt: skip
+            "hours": {
+                "total": round(sum(hours.values()), 4),
+                "train": round(hours["train"], 4),
+                "validation": round(hours["validation"], 4),
+            },  # fmt: skip
             "dropped": {"total": len(tally.dropped), "by_reason": dict(Counter(d["reason"] for d in tally.dropped))},
             "dropped_items": tally.dropped,
             "speaker_embeddings": self.encoders.speaker is not None,
@@ -284,7 +291,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                    help="dataset column names, e.g. --column text=transcription")  # fmt: skip
     q.add_argument("--model", required=True, help="checkpoint whose codec encodes the audio (the one to fine-tune)")
-    q.add_argument("--speaker-model", default=None, help="a Base checkpoint for speaker embeddings, if --model has none")
+    q.add_argument(
+        "--speaker-model", default=None, help="a Base checkpoint for speaker embeddings, if --model has none"
+    )
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--val-fraction", type=float, default=0.05)
     q.add_argument("--shard-size", type=int, default=500, help="items per shard")

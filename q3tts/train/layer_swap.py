@@ -52,4 +52,3 @@ def replace_layers(talker: Talker, cfg: ModelConfig, opts: LayerOptions, seed: i
     for i in trainable:
         layers[i].requires_grad_(True)
     return trainable
-

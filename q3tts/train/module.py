@@ -82,7 +82,11 @@ class TrainModule(nn.Module):
         self.networks = base.networks
         self.cfg, self.tokenizer, self.speakers = base.config, base.tokenizer, speakers
         self.default_speaker = tc.speaker_name.lower()
-        self.cp_weight, self.non_streaming, self.ckpt = tc.cp_loss_weight, tc.non_streaming_mode, tc.gradient_checkpointing
+        self.cp_weight, self.non_streaming, self.ckpt = (
+            tc.cp_loss_weight,
+            tc.non_streaming_mode,
+            tc.gradient_checkpointing,
+        )
         self.names = sorted(speakers.new)
         table = torch.stack([speakers.new[n] for n in self.names]) if self.names else torch.zeros(0)
         self.register_buffer("speaker_table", table, persistent=False)  # [S, H] float32, fixed

@@ -58,7 +58,9 @@ def manifest_items(path: Path) -> Iterator[Item]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                yield Item(stable_id(where, line), where, None, None, problem=Rejected("bad_line", f"invalid JSON ({e.msg})"))
+                yield Item(
+                    stable_id(where, line), where, None, None, problem=Rejected("bad_line", f"invalid JSON ({e.msg})")
+                )
                 continue
             if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not row["audio"].strip():
                 problem = Rejected("bad_line", "no 'audio' path" if isinstance(row, dict) else "not a JSON object")

@@ -60,7 +60,9 @@ def assign_ids(t: TalkerConfig, wanted: dict[str, Optional[int]]) -> dict[str, i
                 raise ConfigError(f"speaker {name!r}: id {sid} is taken or outside [{lo}, {hi})")
             out[name] = sid
             used.add(sid)
-    candidates = [i for i in [*range(max(lo, FIRST_SPEAKER_ID), hi), *range(lo, min(FIRST_SPEAKER_ID, hi))] if i not in used]
+    candidates = [
+        i for i in [*range(max(lo, FIRST_SPEAKER_ID), hi), *range(lo, min(FIRST_SPEAKER_ID, hi))] if i not in used
+    ]
     for name, sid in wanted.items():
         if sid is None:
             if not candidates:

@@ -122,7 +122,9 @@ class Trainer:
         fused = self.acc.device.type in ("cpu", "cuda")  # one kernel for all tensors: much faster on CPU
         optimizer = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr, fused=fused)
         warmup = tc.warmup_steps or int(tc.warmup_ratio * self.total)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.total, warmup, tc.min_lr_ratio))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, self.total, warmup, tc.min_lr_ratio)
+        )
         return optimizer, schedule
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -206,7 +208,11 @@ class Trainer:
 
     def losses(self, sums) -> dict:
         p = LossParts(*[torch.as_tensor(float(v)) for v in sums])
-        return {"loss": float(p.total(self.tc.cp_loss_weight)), "talker_loss": float(p.talker()), "cp_loss": float(p.cp())}
+        return {
+            "loss": float(p.total(self.tc.cp_loss_weight)),
+            "talker_loss": float(p.talker()),
+            "cp_loss": float(p.cp()),
+        }
 
     @torch.no_grad()
     def evaluate(self) -> Optional[dict]:

@@ -12,6 +12,7 @@ Jobs and ops are documented in tools/oracle/reference.py. Arrays (np.ndarray, or
 .detach().cpu().numpy() such as a torch tensor) may appear as job values or inside lists; they are
 written to .npy files and replaced by their paths.
 """
+
 from __future__ import annotations
 
 import json
@@ -116,11 +117,18 @@ def run_reference(jobs: list[dict], workdir, *, check: bool = True, timeout: flo
     jobs_path = workdir / "oracle-jobs.json"
     jobs_path.write_text(json.dumps(_write_inputs(jobs, in_dir), indent=1))
 
-    proc = subprocess.run([str(oracle_python()), str(REFERENCE_SCRIPT), str(jobs_path), str(out_dir)],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [str(oracle_python()), str(REFERENCE_SCRIPT), str(jobs_path), str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     if proc.returncode != 0:
-        raise OracleError(f"reference process exited with {proc.returncode}\n--- stderr tail ---\n"
-                          f"{_tail(proc.stderr)}\n--- stdout tail ---\n{_tail(proc.stdout, 1000)}")
+        raise OracleError(
+            f"reference process exited with {proc.returncode}\n--- stderr tail ---\n"
+            f"{_tail(proc.stderr)}\n--- stdout tail ---\n{_tail(proc.stdout, 1000)}"
+        )
 
     results, failures = {}, []
     for jid in ids:

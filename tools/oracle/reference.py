@@ -61,6 +61,7 @@ other generation kwarg (repetition_penalty, ...) is passed through and otherwise
 generation_config.json, then to the reference's hard defaults. ref_audio is an .npy path (with
 ref_sr, default 24000), a list of them, or an audio-file path that the reference loads itself.
 """
+
 import importlib.machinery
 import json
 import os
@@ -86,8 +87,9 @@ class _Stub(types.ModuleType):
     """Placeholder for a module that only the (unused) 25 Hz tokenizer path needs."""
 
     def __getattr__(self, attr):
-        raise AttributeError(f"{self.__name__}.{attr}: '{self.__name__}' is a q3tts oracle stub "
-                             "(only the 25 Hz tokenizer uses it)")
+        raise AttributeError(
+            f"{self.__name__}.{attr}: '{self.__name__}' is a q3tts oracle stub (only the 25 Hz tokenizer uses it)"
+        )
 
 
 def install_stubs() -> None:
@@ -113,7 +115,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from qwen_tts import Qwen3TTSModel, Qwen3TTSTokenizer  # noqa: E402
 from qwen_tts.core.models import modeling_qwen3_tts as ref_modeling  # noqa: E402
-
 
 # ----------------------------------------------------------------------------- loading
 
@@ -145,6 +146,7 @@ def tts_of(m) -> Qwen3TTSModel:
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def npy(path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
@@ -164,18 +166,25 @@ def shapes(state_dict) -> list:
 
 # ----------------------------------------------------------------------------- simple ops
 
+
 def op_info(m, job):
     codec = codec_of(m)
-    res = dict(speech_tokenizer_state_dict=shapes(codec.model.state_dict()),
-               sample_rate=int(codec.get_output_sample_rate()))
+    res = dict(
+        speech_tokenizer_state_dict=shapes(codec.model.state_dict()), sample_rate=int(codec.get_output_sample_rate())
+    )
     if isinstance(m, Qwen3TTSTokenizer):
         return {}, dict(res, model_type="speech_tokenizer", config=codec.model.config.to_dict())
     model = m.model
-    res.update(model_type=model.tts_model_type, tts_model_size=model.tts_model_size,
-               tokenizer_type=model.tokenizer_type,
-               speakers=m.get_supported_speakers(), languages=m.get_supported_languages(),
-               config=model.config.to_dict(), generate_defaults=m.generate_defaults,
-               state_dict=shapes(model.state_dict()))
+    res.update(
+        model_type=model.tts_model_type,
+        tts_model_size=model.tts_model_size,
+        tokenizer_type=model.tokenizer_type,
+        speakers=m.get_supported_speakers(),
+        languages=m.get_supported_languages(),
+        config=model.config.to_dict(),
+        generate_defaults=m.generate_defaults,
+        state_dict=shapes(model.state_dict()),
+    )
     return {}, res
 
 
@@ -220,11 +229,15 @@ def op_talker_forward(m, job):
     """
     talker = tts_of(m).model.talker
     x = tensor(job["inputs_embeds"], torch.float32)
-    mask = (tensor(job["attention_mask"], torch.long) if job.get("attention_mask")
-            else torch.ones(x.shape[:2], dtype=torch.long))
+    mask = (
+        tensor(job["attention_mask"], torch.long)
+        if job.get("attention_mask")
+        else torch.ones(x.shape[:2], dtype=torch.long)
+    )
     seen = {}
     hook = talker.model.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.update(position_ids=kwargs["position_ids"]), with_kwargs=True)
+        lambda mod, args, kwargs: seen.update(position_ids=kwargs["position_ids"]), with_kwargs=True
+    )
     try:
         if x.shape[1] > 1:
             out = talker(inputs_embeds=x, attention_mask=mask, output_hidden_states=True)
@@ -237,8 +250,12 @@ def op_talker_forward(m, job):
             logits = talker.codec_head(hidden)
     finally:
         hook.remove()
-    return dict(logits=as_np(logits), hidden=as_np(hidden), position_ids=as_np(seen["position_ids"]),
-                rope_deltas=as_np(talker.rope_deltas)), {}
+    return dict(
+        logits=as_np(logits),
+        hidden=as_np(hidden),
+        position_ids=as_np(seen["position_ids"]),
+        rope_deltas=as_np(talker.rope_deltas),
+    ), {}
 
 
 def op_code_predictor_forward(m, job):
@@ -256,8 +273,9 @@ def op_code_predictor_forward(m, job):
 
 def reference_mel(audio: torch.Tensor) -> torch.Tensor:
     """[B,N] -> [B,T,128]: the arguments extract_speaker_embedding passes to mel_spectrogram."""
-    return ref_modeling.mel_spectrogram(audio, n_fft=1024, num_mels=128, sampling_rate=24000,
-                                        hop_size=256, win_size=1024, fmin=0, fmax=12000).transpose(1, 2)
+    return ref_modeling.mel_spectrogram(
+        audio, n_fft=1024, num_mels=128, sampling_rate=24000, hop_size=256, win_size=1024, fmin=0, fmax=12000
+    ).transpose(1, 2)
 
 
 def op_mel(m, job):
@@ -273,8 +291,9 @@ def op_speaker_embedding(m, job):
     seen = {}
     hook = tts.model.speaker_encoder.register_forward_pre_hook(lambda mod, args: seen.update(mel=args[0]))
     try:
-        item = tts.create_voice_clone_prompt(ref_audio=(npy(job["audio"]), int(job.get("sr", 24000))),
-                                             x_vector_only_mode=True)[0]
+        item = tts.create_voice_clone_prompt(
+            ref_audio=(npy(job["audio"]), int(job.get("sr", 24000))), x_vector_only_mode=True
+        )[0]
     finally:
         hook.remove()
     return dict(embedding=as_np(item.ref_spk_embedding), mel=as_np(seen["mel"][0])), {}
@@ -303,8 +322,11 @@ def op_codec_encode(m, job):
 
 # ----------------------------------------------------------------------------- high-level calls
 
-CALLS = {"custom_voice": "generate_custom_voice", "voice_design": "generate_voice_design",
-         "voice_clone": "generate_voice_clone"}
+CALLS = {
+    "custom_voice": "generate_custom_voice",
+    "voice_design": "generate_voice_design",
+    "voice_clone": "generate_voice_clone",
+}
 NOT_KWARGS = {"id", "op", "checkpoint", "call", "attn", "ref_sr"}
 
 
@@ -371,13 +393,20 @@ def op_prefill_capture(m, job):
         seen.setdefault("position_ids", kwargs["position_ids"])
 
     def on_talker(mod, args, kwargs, output):
-        seen.update(inputs_embeds=kwargs["inputs_embeds"], attention_mask=kwargs["attention_mask"],
-                    trailing_text_hidden=kwargs["trailing_text_hidden"], tts_pad_embed=kwargs["tts_pad_embed"],
-                    logits=output.logits, hidden=output.hidden_states[0][-1])
+        seen.update(
+            inputs_embeds=kwargs["inputs_embeds"],
+            attention_mask=kwargs["attention_mask"],
+            trailing_text_hidden=kwargs["trailing_text_hidden"],
+            tts_pad_embed=kwargs["tts_pad_embed"],
+            logits=output.logits,
+            hidden=output.hidden_states[0][-1],
+        )
         raise _StopAfterPrefill
 
-    hooks = [talker.model.register_forward_pre_hook(on_inner, with_kwargs=True),
-             talker.register_forward_hook(on_talker, with_kwargs=True)]
+    hooks = [
+        talker.model.register_forward_pre_hook(on_inner, with_kwargs=True),
+        talker.register_forward_hook(on_talker, with_kwargs=True),
+    ]
     try:
         run_call(tts, job, record)
         raise RuntimeError("generation finished without a talker forward call")
@@ -412,10 +441,12 @@ def op_generate(m, job):
         wavs, sr = run_call(tts, job, record)
     finally:
         del tts.model.generate, tts.model.speech_tokenizer.decode
-    arrays = dict(audio=[as_np(w) for w in wavs],
-                  codes=[as_np(c) for c in record["codes"]],
-                  talker_hidden=[as_np(h) for h in record["talker_hidden"]],
-                  decode_codes=[as_np(c) for c in record["decode_codes"]])
+    arrays = dict(
+        audio=[as_np(w) for w in wavs],
+        codes=[as_np(c) for c in record["codes"]],
+        talker_hidden=[as_np(h) for h in record["talker_hidden"]],
+        decode_codes=[as_np(c) for c in record["decode_codes"]],
+    )
     return arrays, dict(prompt_arrays(record, arrays), sample_rate=sr)
 
 
@@ -423,6 +454,7 @@ OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("op_")}
 
 
 # ----------------------------------------------------------------------------- driver
+
 
 def save_arrays(path: Path, arrays: dict) -> list:
     flat = {}
@@ -459,8 +491,11 @@ def run_job(job: dict, out_dir: Path) -> bool:
 def main(argv: list) -> int:
     if argv == ["--selftest"]:
         import transformers
-        print(f"[reference] qwen_tts imports; torch {torch.__version__}, transformers "
-              f"{transformers.__version__}; ops: {', '.join(sorted(OPS))}")
+
+        print(
+            f"[reference] qwen_tts imports; torch {torch.__version__}, transformers "
+            f"{transformers.__version__}; ops: {', '.join(sorted(OPS))}"
+        )
         return 0
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -22,11 +20,13 @@ import torch
 
 from .audio import SAMPLE_RATE, load_audio, mel_spectrogram
 from .engine import Engine, length_cap
+from .errors import InputError
 from .model import Checkpoint, load_checkpoint
 from .prompt import Prompt, Utterance, build_prompt
 from .quant import QuantizationError, native_bf16_cpu
 from .sampling import SamplingOptions
 from .segment import split_text
+from .voices import VoiceClonePromptItem
 
 MIN_REFERENCE_SECONDS = 1.0
 MAX_REFERENCE_SECONDS = 60.0
@@ -36,10 +36,6 @@ DEFAULT_MAX_PIECE_TOKENS = 150
 SILENCE_RMS = 1e-4  # a reference quieter than this (about -80 dBFS) carries no voice
 
 MaybeList = Union[str, Sequence[str], None]
-
-
-class InputError(ValueError):
-    """Invalid input to a synthesis call (unknown speaker, empty text, unusable reference, ...)."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -84,61 +80,6 @@ def resolve_codec_dtype(codec_dtype, device: torch.device, quantize: Optional[st
 # ----------------------------------------------------------------------------------------------
 # Voice clone prompts
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class VoiceClonePromptItem:
-    """A reusable cloned voice: the x-vector, plus reference codes and transcript in ICL mode."""
-
-    ref_code: Optional[torch.Tensor]  # [T, 16] int64, None in x-vector-only mode
-    ref_spk_embedding: torch.Tensor  # [hidden]
-    x_vector_only_mode: bool
-    icl_mode: bool
-    ref_text: Optional[str] = None
-
-    def save(self, path: str | Path, model_kind: str = "base", model_hidden: Optional[int] = None) -> None:
-        """Write a `.safetensors` voice file (tensors + metadata), atomically."""
-        from safetensors.torch import save_file
-
-        tensors = {"ref_spk_embedding": self.ref_spk_embedding.detach().float().cpu().contiguous()}
-        if self.ref_code is not None:
-            tensors["ref_code"] = self.ref_code.detach().long().cpu().contiguous()
-        meta = {
-            "format": "q3tts-voice-prompt",
-            "version": "1",
-            "x_vector_only_mode": json.dumps(self.x_vector_only_mode),
-            "icl_mode": json.dumps(self.icl_mode),
-            "ref_text": json.dumps(self.ref_text),
-            "hidden_size": str(self.ref_spk_embedding.shape[-1]),
-        }
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "VoiceClonePromptItem":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != "q3tts-voice-prompt":
-                    raise InputError(f"{path}: not a q3tts voice prompt file")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except InputError:
-            raise
-        except FileNotFoundError:
-            raise InputError(f"{path}: file not found") from None
-        except Exception as e:
-            raise InputError(f"{path}: not a readable voice prompt ({str(e).splitlines()[0]})") from None
-        return cls(
-            ref_code=tensors.get("ref_code"),
-            ref_spk_embedding=tensors["ref_spk_embedding"],
-            x_vector_only_mode=json.loads(meta["x_vector_only_mode"]),
-            icl_mode=json.loads(meta["icl_mode"]),
-            ref_text=json.loads(meta["ref_text"]),
-        )
 
 
 def _as_list(value, n: int, name: str) -> list:

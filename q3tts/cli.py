@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -23,20 +22,20 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .cli_progress import Status, clear_status, note, one_line, seconds, size
+from .errors import Q3TTSError
+from .voices import VOICE_SUFFIX, check_voice_name, default_voices_dir, read_voice_header
 
 FRAME_SAMPLES = 1920  # samples per 12.5 Hz codec frame at 24 kHz
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "opus")
 CODES_EXTENSIONS = ("npy", "safetensors", "pt")
-VOICE_SUFFIX = ".safetensors"
-VOICE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
-class UsageError(Exception):
+class UsageError(Q3TTSError):
     pass
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [UsageError, OSError]
+    errors: list[type[BaseException]] = [Q3TTSError, OSError]
     for module, name in (
         ("checkpoint", "CheckpointError"),
         ("config", "ConfigError"),
@@ -501,21 +500,7 @@ def cmd_clone(args) -> None:
 
 
 def voices_dir(args=None) -> Path:
-    if args is not None and getattr(args, "voices_dir", None):
-        return Path(args.voices_dir).expanduser()
-    if os.environ.get("Q3TTS_VOICES_DIR"):
-        return Path(os.environ["Q3TTS_VOICES_DIR"]).expanduser()
-    data = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
-    return Path(data).expanduser() / "q3tts" / "voices"
-
-
-def check_voice_name(name: str) -> str:
-    if name.endswith(VOICE_SUFFIX):
-        raise UsageError(f"bad voice name '{name}': give the name without '{VOICE_SUFFIX}'")
-    if not VOICE_NAME.fullmatch(name):
-        raise UsageError(f"bad voice name '{name}': use letters, digits, '-', '_' and '.', not starting with '.' "
-                         "(at most 100 characters)")  # fmt: skip
-    return name
+    return default_voices_dir(getattr(args, "voices_dir", None) if args is not None else None)
 
 
 def _voice_file(args, spec: str) -> Path:
@@ -534,22 +519,12 @@ def _voice_file(args, spec: str) -> Path:
 
 def voice_summary(path: Path) -> dict:
     """Mode, reference length and model width of a voice file, from its header only."""
-    from safetensors import safe_open
-
+    header = read_voice_header(path)
     info: dict = {"name": path.name[: -len(VOICE_SUFFIX)], "path": str(path), "size": path.stat().st_size,
                   "mode": "invalid", "ref_seconds": None, "hidden_size": None, "ref_text": None}  # fmt: skip
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "q3tts-voice-prompt":
-                return info
-            if "ref_code" in f.keys():
-                info["ref_seconds"] = f.get_slice("ref_code").get_shape()[0] * FRAME_SAMPLES / 24000
-        info["mode"] = "x-vector" if json.loads(meta.get("x_vector_only_mode", "false")) else "in-context"
-        info["hidden_size"] = int(meta["hidden_size"]) if "hidden_size" in meta else None
-        info["ref_text"] = json.loads(meta.get("ref_text", "null"))
-    except Exception:
-        info["mode"] = "unreadable"
+    if header is not None:
+        info.update(mode="x-vector" if header.mode == "x_vector" else "in-context", ref_seconds=header.duration,
+                    hidden_size=header.hidden_size, ref_text=header.ref_text)  # fmt: skip
     return info
 
 

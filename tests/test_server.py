@@ -35,7 +35,8 @@ from websockets.sync.client import connect as ws_connect
 from q3tts.api import Qwen3TTS
 from q3tts.server import Settings, create_app
 from q3tts.server.stream import pop_sentences
-from q3tts.server.voices import BadVoiceName, VoiceExists, VoiceLibrary, VoiceNotFound, check_name
+from q3tts.server.voices import VoiceExists, VoiceLibrary, VoiceNotFound, check_name
+from q3tts.voices import BadVoiceName
 
 pytestmark = pytest.mark.filterwarnings("ignore::q3tts.engine.LengthCapWarning")
 FRAME = 1920  # samples per codec frame at 24 kHz

@@ -86,7 +86,9 @@ def _mount_ui(app: FastAPI, settings: Settings, tts: Optional[Qwen3TTS]):
         keys = set(settings.api_keys)
         # With API keys set, the UI asks for one too (as the password; any user name).
         auth = (lambda _user, password: password in keys) if keys else None
-        mount_ui(app, models, settings.voices_dir, auth=auth)
+        # The UI writes voices through the same crash-safe, indexed library the API serves.
+        app.state.voice_library = VoiceLibrary(settings.voices_dir)
+        mount_ui(app, models, app.state.voice_library, auth=auth)
     except Exception as e:  # the API must come up even if the UI cannot
         log.warning("web UI off: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
@@ -99,7 +101,7 @@ async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> N
             log.info("loading %s", settings.model)
             tts = await asyncio.to_thread(Qwen3TTS.from_pretrained, settings.model, device=settings.device,
                                           dtype=settings.dtype, quantize=settings.quantize)  # fmt: skip
-        voices = await asyncio.to_thread(VoiceLibrary, settings.voices_dir)
+        voices = getattr(app.state, "voice_library", None) or await asyncio.to_thread(VoiceLibrary, settings.voices_dir)
         if scheduler is None:
             scheduler = SpeechScheduler(tts, max_batch=settings.max_batch, max_queue=settings.max_queue)
         app.state.scheduler = scheduler.start()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ..voices import default_voices_dir
 
 
 class Settings(BaseSettings):
@@ -21,9 +22,8 @@ class Settings(BaseSettings):
     dtype: str = "auto"
     quantize: Optional[Literal["none", "int8"]] = None  # "int8": int8 talker/code-predictor weights (CPU only)
     # Saved (cloned) voices, kept across restarts: the folder `q3tts voices` uses
-    # ($Q3TTS_VOICES_DIR, else $XDG_DATA_HOME/q3tts/voices, else ~/.local/share/q3tts/voices).
-    voices_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share")
-                             / "q3tts" / "voices")  # fmt: skip
+    # (q3tts/voices.py: $Q3TTS_VOICES_DIR, else $XDG_DATA_HOME/q3tts/voices, else ~/.local/share/q3tts/voices).
+    voices_dir: Path = Field(default_factory=default_voices_dir)
     # Keys accepted as `Authorization: Bearer KEY` on /v1/*; empty = open. The environment
     # variable takes a comma-separated list: Q3TTS_API_KEYS=key1,key2
     api_keys: Annotated[list[str], NoDecode] = []

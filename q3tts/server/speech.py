@@ -21,12 +21,13 @@ from ..api import Qwen3TTS
 from ..audio import SAMPLE_RATE, load_audio
 from ..prompt import Utterance
 from ..serving import SpeechJob, SpeechScheduler
+from ..voices import BadVoiceName
 from .encoders import MEDIA_TYPES, STREAMED, make_encoder
 from .errors import APIError, as_api_error, error_body
 from .metrics import Metrics
 from .protocol import OPENAI_MODEL_NAMES, TASK_OF_KIND, SpeechRequest, VoiceOptions
 from .settings import Settings
-from .voices import BadVoiceName, VoiceExists, VoiceLibrary, VoiceNotFound, check_name
+from .voices import VoiceExists, VoiceLibrary, VoiceNotFound, check_name
 
 log = logging.getLogger("q3tts.server")
 

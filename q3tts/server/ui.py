@@ -23,17 +23,16 @@ import re
 import time
 import wave
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import gradio as gr
 import numpy as np
 from gradio import processing_utils
 
-from ..cli import VOICE_SUFFIX, UsageError, check_voice_name, voice_summary
-from ..cli import voices_dir as default_voices_dir
 from ..cli_progress import one_line
+from ..voices import default_voices_dir
 from .models import KINDS, ModelManager, ModelUnavailable, format_bytes, parse_model_specs
+from .voices import VoiceExists, VoiceLibrary, VoiceNotFound
 
 log = logging.getLogger("q3tts.ui")
 
@@ -56,7 +55,7 @@ def _expected() -> tuple[type[BaseException], ...]:
     from ..serving import QueueFull, SchedulerClosed
 
     return (InputError, AudioError, CheckpointError, ConfigError, QueueFull, SchedulerClosed, ModelUnavailable,
-            UsageError, ValueError, OSError)  # fmt: skip
+            ValueError, OSError)  # fmt: skip
 
 
 def _error(e: BaseException) -> gr.Error:
@@ -128,43 +127,6 @@ def _stats(job, wall: float, load_seconds: float, note: str = "") -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-class FolderVoices:
-    """A folder of `NAME.safetensors` voice prompts, as `q3tts voices` keeps it. Same methods as the
-    server's VoiceLibrary (list, prompt, add, delete), so build_ui takes either."""
-
-    def __init__(self, folder):
-        self.folder = Path(folder).expanduser()
-
-    def _path(self, name: str) -> Path:
-        return self.folder / f"{check_voice_name(name)}{VOICE_SUFFIX}"
-
-    def list(self) -> list[SimpleNamespace]:
-        files = sorted(self.folder.glob(f"*{VOICE_SUFFIX}")) if self.folder.is_dir() else []
-        return [SimpleNamespace(name=v["name"], mode=v["mode"], ref_text=v["ref_text"], duration=v["ref_seconds"])
-                for v in map(voice_summary, files) if not v["name"].startswith(".")]  # fmt: skip
-
-    def prompt(self, name: str):
-        from ..api import VoiceClonePromptItem
-
-        path = self._path(name)
-        if not path.is_file():
-            raise UsageError(f"no voice named '{name}'")
-        return VoiceClonePromptItem.load(path)
-
-    def add(self, name: str, item, duration: float) -> None:
-        path = self._path(name)
-        if path.exists():
-            raise UsageError(f"a voice named '{name}' already exists; delete it first in the Voice Library tab")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        item.save(path)
-
-    def delete(self, name: str) -> None:
-        path = self._path(name)
-        if not path.is_file():
-            raise UsageError(f"no voice named '{name}'")
-        path.unlink()
-
-
 def _language_choices(info: Optional[dict]) -> list[tuple[str, str]]:
     return [(lang.title(), lang) for lang in (info["languages"] if info else ["auto"])]
 
@@ -181,7 +143,7 @@ def _speaker_choices(info: Optional[dict]) -> list[tuple[str, str]]:
 def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
     """The UI over `models`. `voices_dir`: the voice library, a folder (as `q3tts voices` keeps it)
     or a library object with list(), prompt(name), add(name, item, duration), delete(name)."""
-    voices = FolderVoices(voices_dir) if isinstance(voices_dir, (str, os.PathLike)) else voices_dir
+    voices = VoiceLibrary(voices_dir) if isinstance(voices_dir, (str, os.PathLike)) else voices_dir
 
     # -- helpers over the model manager and the voice library ------------------------------------
     def info(kind: str) -> Optional[dict]:
@@ -201,10 +163,15 @@ def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
         """A voice library call; its errors (whatever their class) become one-line messages."""
         if not (name or "").strip():
             raise gr.Error("give a voice name" if action == "add" else "choose a voice first")
+        name = name.strip()
         try:
-            return getattr(voices, action)(name.strip(), *args)
+            return getattr(voices, action)(name, *args)
+        except VoiceExists:
+            raise gr.Error(f"a voice named '{name}' already exists; delete it first in the Voice Library tab") from None
+        except VoiceNotFound:
+            raise gr.Error(f"no voice named '{name}'") from None
         except Exception as e:
-            raise gr.Error(f"voice '{name.strip()}': {one_line(str(e.args[0] if e.args else e))}") from None
+            raise gr.Error(f"voice '{name}': {one_line(str(e.args[0] if e.args else e))}") from None
 
     def save_voice(name: str, item, duration: float) -> str:
         library("add", name, item, duration)

@@ -15,9 +15,7 @@ adopted on the next start. Temporary files left by a crash are removed at start-
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -26,14 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..api import VoiceClonePromptItem
+from ..voices import VOICE_NAME as NAME_PATTERN
+from ..voices import VOICE_SUFFIX as SUFFIX
+from ..voices import VoiceClonePromptItem, check_voice_name, read_voice_header
 
-# The rule `q3tts voices` uses: no path separators, no leading dot.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
-SUFFIX = ".safetensors"
 TEMP_PREFIX = ".upload-"
 DB_NAME = "voices.db"
-FRAME_SECONDS = 0.08  # one codec frame (12.5 Hz)
 COLUMNS = "name, created, mode, ref_text, duration, file"
 SCHEMA = """CREATE TABLE IF NOT EXISTS voices (
     name TEXT PRIMARY KEY, created REAL NOT NULL, mode TEXT NOT NULL,
@@ -45,10 +41,6 @@ class VoiceExists(Exception):
 
 
 class VoiceNotFound(KeyError):
-    pass
-
-
-class BadVoiceName(ValueError):
     pass
 
 
@@ -67,29 +59,15 @@ class Voice:
         return d
 
 
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name.endswith(SUFFIX):
-        raise BadVoiceName(f"invalid voice name {name!r}: use 1-100 letters, digits, '_', '-' or '.', "
-                           "not starting with '.'")  # fmt: skip
-    return name
+check_name = check_voice_name  # the one name rule (q3tts/voices.py)
 
 
 def read_details(path: Path) -> Optional[Voice]:
     """A voice file's details from its header, or None if it is not a readable voice prompt."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "q3tts-voice-prompt":
-                return None
-            frames = f.get_slice("ref_code").get_shape()[0] if "ref_code" in f.keys() else None
-        x_vector = json.loads(meta.get("x_vector_only_mode", "false"))
-        duration = frames * FRAME_SECONDS if frames else None
-        return Voice(path.name[: -len(SUFFIX)], path.stat().st_mtime, "x_vector" if x_vector else "icl",
-                     json.loads(meta.get("ref_text", "null")), duration, path.name)  # fmt: skip
-    except Exception:
+    header = read_voice_header(path)
+    if header is None:
         return None
+    return Voice(header.name, path.stat().st_mtime, header.mode, header.ref_text, header.duration, path.name)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, load_audio, mel_spectrogram
+from .codec_stream import CodecStream
 from .engine import Engine, length_cap
 from .errors import InputError
 from .model import Checkpoint, load_checkpoint
@@ -80,6 +82,24 @@ def resolve_codec_dtype(codec_dtype, device: torch.device, quantize: Optional[st
 # ----------------------------------------------------------------------------------------------
 # Voice clone prompts
 # ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationPlan:
+    """One utterance, ready to generate: a prompt and a frame cap per piece of its text."""
+
+    prompts: list[Prompt]
+    caps: list[int]  # frames each piece may emit (its text's length cap, within max_new_tokens)
+    opts: SamplingOptions
+    ref_codes: Optional[torch.Tensor] = None  # [T_ref, G]: an in-context clone's codec stream starts from these
+
+
+def _close(rows: list[int], streams: list[CodecStream]) -> Iterator[tuple[int, np.ndarray]]:
+    """Rows whose text has ended: the rest of each stream's audio, then the empty end-of-row chunk."""
+    for row, chunk in zip(rows, CodecStream.decode_due([streams[r] for r in rows])):
+        if chunk.size:
+            yield row, chunk
+        yield row, np.zeros(0, dtype=np.float32)
 
 
 def _as_list(value, n: int, name: str) -> list:
@@ -292,12 +312,22 @@ class Qwen3TTS:
         return np.clip(wav, -1.0, 1.0)
 
     # -- generation ------------------------------------------------------------------------------
-    def _options(self, kwargs) -> SamplingOptions:
-        kwargs = dict(kwargs)
+    def options(self, **kwargs) -> SamplingOptions:
+        """Generation options: the checkpoint's generation_config.json defaults, overridden by
+        `kwargs` (None keeps the default). Raises InputError for unknown or out-of-range options."""
         try:
             return SamplingOptions.from_defaults(self.checkpoint.generation, **kwargs)
         except (TypeError, ValueError) as e:
             raise InputError(str(e)) from None
+
+    def plan(self, utterance: Utterance, max_piece_tokens: Optional[int] = None,
+             opts: Optional[SamplingOptions] = None, **kwargs) -> GenerationPlan:  # fmt: skip
+        """What generating `utterance` takes: its pieces' prompts and frame caps and the options.
+        The Python API and the server's scheduler both generate from plans."""
+        opts = opts or self.options(**kwargs)
+        pieces = self._pieces(utterance, max_piece_tokens)
+        caps = [min(c, opts.max_new_tokens - 1) for c in self._caps(pieces)]
+        return GenerationPlan(self._prompts(pieces), caps, opts, utterance.ref_codes)
 
     def _prompts(self, utts: list[Utterance]) -> list[Prompt]:
         ck = self.checkpoint
@@ -335,53 +365,33 @@ class Qwen3TTS:
         decoded like any other pair of consecutive frames."""
         if chunk_frames < 1 or first_chunk_frames < 1:
             raise InputError("chunk sizes must be at least 1 frame")
-        opts = self._options(kwargs)
-        pieces = [self._pieces(u, max_piece_tokens) for u in utts]
-        generator = None
-        if opts.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(opts.seed)
+        opts = self.options(**kwargs)
+        plans = [self.plan(u, max_piece_tokens, opts) for u in utts]
+        pieces = [p.prompts for p in plans]
+        generator = self.generator(opts)
         decoder = self.checkpoint.speech_tokenizer.decoder
-        codec_device = next(decoder.parameters()).device
-        states = [decoder.new_stream(1) for _ in utts]
-        for u, state in zip(utts, states):
-            if u.ref_codes is not None:
-                with torch.inference_mode():
-                    decoder.decode_chunk(u.ref_codes.T[None].to(codec_device), state)
-        pending: list[list[torch.Tensor]] = [[] for _ in utts]
-        sent = [0] * len(utts)
-
-        def flush(row: int) -> np.ndarray:
-            codes = torch.stack(pending[row], dim=1)[None].to(codec_device)  # [1, G, n]
-            pending[row] = []
-            sent[row] += codes.shape[-1]
-            with torch.inference_mode():
-                wav = decoder.decode_chunk(codes, states[row])
-            return wav[0, 0].float().cpu().numpy()
-
+        streams = [CodecStream(decoder, p.ref_codes, chunk_frames, first_chunk_frames) for p in plans]
         for k in range(max(len(p) for p in pieces)):
             rows = [r for r in range(len(utts)) if k < len(pieces[r])]
-            round_utts = [pieces[r][k] for r in rows]
-            ended = [False] * len(rows)
-            steps = self.engine.frames(self._prompts(round_utts), opts, self._caps(round_utts), generator)
-            for step in steps:
+            running = set(rows)
+            prompts, caps = [pieces[r][k] for r in rows], [plans[r].caps[k] for r in rows]
+            for step in self.engine.frames(prompts, opts, caps, generator):
+                due, ended = [], []
                 for i, row in enumerate(rows):
-                    if ended[i]:
-                        continue
-                    if not bool(step.emitted[i]):
-                        ended[i] = True
-                        if k == len(pieces[row]) - 1:  # the row's last piece: flush and close it
-                            if pending[row]:
-                                yield row, flush(row)
-                            yield row, np.zeros(0, dtype=np.float32)
-                        continue
-                    pending[row].append(step.codes[i])
-                    if len(pending[row]) >= (first_chunk_frames if sent[row] == 0 else chunk_frames):
-                        yield row, flush(row)
-            for i, row in enumerate(rows):
-                if not ended[i] and k == len(pieces[row]) - 1:
-                    if pending[row]:
-                        yield row, flush(row)
-                    yield row, np.zeros(0, dtype=np.float32)
+                    if bool(step.emitted[i]):
+                        streams[row].push(step.codes[i])
+                        if streams[row].due:
+                            due.append(row)
+                    elif row in running:
+                        ended.append(row)
+                yield from zip(due, CodecStream.decode_due([streams[r] for r in due]))
+                running.difference_update(ended)
+                yield from _close([r for r in ended if k == len(pieces[r]) - 1], streams)
+            yield from _close([r for r in sorted(running) if k == len(pieces[r]) - 1], streams)
+
+    def generator(self, opts: SamplingOptions) -> Optional[torch.Generator]:
+        """The call's random generator: seeded from `opts.seed`, or None for torch's global RNG."""
+        return torch.Generator(device=self.device).manual_seed(opts.seed) if opts.seed is not None else None
 
     def _synthesize(self, utts: list[Utterance], **kwargs) -> tuple[list[np.ndarray], int]:
         parts: list[list[np.ndarray]] = [[] for _ in utts]
@@ -433,8 +443,8 @@ class Qwen3TTS:
     # -- codes, for the tokenizer API and tests ----------------------------------------------------
     def generate_codes(self, utts: list[Utterance], **kwargs) -> list[torch.Tensor]:
         """Greedy/sampled codes [T, G] per utterance, without decoding audio."""
-        opts = self._options(kwargs)
-        generator = torch.Generator(device=self.device).manual_seed(opts.seed) if opts.seed is not None else None
+        opts = self.options(**kwargs)
+        generator = self.generator(opts)
         frames: list[list[torch.Tensor]] = [[] for _ in utts]
         for step in self.engine.frames(self._prompts(utts), opts, self._caps(utts), generator):
             for row in range(len(utts)):

@@ -84,6 +84,29 @@ def filtered_scores(logits: torch.Tensor, temperature: float, top_k: int, top_p:
     return scores
 
 
+def filtered_scores_rows(
+    logits: torch.Tensor,  # [B, V]
+    temperature: torch.Tensor,  # [B, 1] float, > 0
+    top_k: torch.Tensor,  # [B] int64, 0 (or >= V) disables
+    top_p: torch.Tensor,  # [B, 1] float, 1.0 disables
+) -> torch.Tensor:
+    """`filtered_scores` with each row's own settings, as tensors: rows of different requests are
+    filtered in one call (and inside one CUDA graph). Row by row it keeps the same ids: the k-th
+    largest score is read from a descending sort instead of topk, and top_p = 1 drops only ids
+    whose probability is already exactly 0."""
+    scores = logits / temperature
+    vocab = scores.shape[-1]
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+    kth = scores.sort(dim=-1, descending=True).values.gather(-1, (k - 1)[:, None])
+    scores = scores.masked_fill(scores < kth, float("-inf"))
+    sorted_scores, order = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(-1).cumsum(-1)
+    drop_sorted = cumulative <= 1 - top_p
+    drop_sorted[..., -1:] = False  # always keep the most likely id
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return scores.masked_fill(drop, float("-inf"))
+
+
 def choose(
     logits: torch.Tensor,  # [B, V] float32
     greedy: bool,

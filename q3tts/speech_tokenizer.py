@@ -16,6 +16,7 @@ import torch
 
 from .audio import AudioError, load_audio
 from .checkpoint import SPEECH_TOKENIZER_FILES, CheckpointError, resolve
+from .codec_stream import CodecStream
 from .model import SpeechTokenizer, load_speech_tokenizer
 
 
@@ -149,9 +150,8 @@ class Qwen3TTSTokenizer:
     def decode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[np.ndarray]:
         """Decode frames as they arrive: each chunk is [n, 16] codes; yields its n * 1920 samples.
         The pieces concatenate exactly to `decode` of all the codes."""
-        decoder = self.model.decoder
-        device = next(decoder.parameters()).device
-        state = decoder.new_stream(1)
+        stream = CodecStream(self.model.decoder)
         for chunk in chunks:
-            codes = self._check_codes(torch.as_tensor(chunk))
-            yield decoder.decode_chunk(codes.T[None].to(device), state)[0, 0].float().cpu().numpy()
+            for frame in self._check_codes(torch.as_tensor(chunk)):
+                stream.push(frame)
+            yield stream.decode()

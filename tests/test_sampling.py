@@ -62,7 +62,7 @@ def test_defaults_come_from_generation_config(make_tiny, tmp_path):
     config.update(do_sample=False, subtalker_dosample=False, max_new_tokens=9, repetition_penalty=1.3)
     (folder / "generation_config.json").write_text(json.dumps(config))
     model = Qwen3TTS.from_pretrained(folder, device="cpu", dtype="float32")
-    opts = model._options({})
+    opts = model.options()
     assert (opts.greedy, opts.subtalker_greedy, opts.max_new_tokens, opts.repetition_penalty) == (True, True, 9, 1.3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

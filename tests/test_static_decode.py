@@ -11,7 +11,7 @@ import torch
 
 from q3tts.api import Qwen3TTS
 from q3tts.engine import Engine
-from q3tts.static_decode import CACHE_BUCKET
+from q3tts.steps import CACHE_BUCKET, Replayable
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 TEXTS = ["Hello.", "Hello world, this is a small test of the speech system.", "A calm narrator reads a story."]
@@ -24,7 +24,7 @@ def pair(make_tiny):
     static = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32", lazy=True)
     static._checkpoint = dynamic.checkpoint
     static._engine = Engine(dynamic.checkpoint.networks, dynamic.checkpoint.config, static="eager")
-    assert dynamic.engine.decoders is None and static.engine.decoders is not None
+    assert dynamic.engine.pool is None and static.engine.pool is not None
     return dynamic, static
 
 
@@ -42,12 +42,12 @@ def test_greedy_codes_equal_the_dynamic_loop(pair):
     assert [c.shape for c in got] == [c.shape for c in want] and got[0].shape[0] > 30
     for a, b in zip(got, want):
         assert torch.equal(a, b)
-    # the decoder went back to the pool, keyed by a bucketed cache length, and is reused
-    ((batch, length, *_),) = static.engine.decoders._free.keys()
-    assert batch == 3 and length % CACHE_BUCKET == 0
+    # the batch went back to the pool, keyed by its capacity (3 rows -> 4 slots), and is reused
+    ((capacity, batch),) = static.engine.pool._free.items()
+    assert capacity == 4 and batch.length % CACHE_BUCKET == 0 and len(batch) == 0
     again = codes(static, TEXTS, max_new_tokens=40, **GREEDY)
     assert all(torch.equal(a, b) for a, b in zip(again, want))
-    assert len(static.engine.decoders._free) == 1
+    assert list(static.engine.pool._free.values()) == [batch]
 
 
 def test_audio_equals_the_dynamic_loop(pair):
@@ -87,20 +87,24 @@ def test_sub_talker_top_k_1_is_greedy(pair):
     assert torch.equal(greedy[0], top1[0])
 
 
-def test_a_busy_decoder_is_not_shared(pair):
-    """While a call holds the static decoder of a shape, another call of that shape runs the
-    dynamic loop instead of sharing its buffers; both give the same codes."""
+def test_a_busy_batch_is_not_shared(pair):
+    """While a call holds the pooled fixed-shape batch of a capacity, another call of that capacity
+    runs eager steps instead of sharing its buffers; both give the same codes."""
     _, static = pair
-    pool = static.engine.decoders
-    opts = static._options(dict(max_new_tokens=25, **GREEDY))
-    key, held = pool.acquire(1, 1, opts)  # the bucket every short one-row call of these options lands in
+    codes(static, TEXTS[:1], max_new_tokens=25, **GREEDY)  # the pool now holds a 1-slot batch with caches
+    pool = static.engine.pool
+    held = pool.acquire(1)
+    with torch.inference_mode():  # blank, so a later call that borrows it shows in its caches
+        for c in held.caches:
+            c.k.zero_()
+            c.v.zero_()
     try:
-        assert pool.acquire(1, 1, opts) is None
+        assert pool.acquire(1) is None
         before = [t.clone() for c in held.caches for t in (c.k, c.v)]
         while_held = codes(static, TEXTS[:1], max_new_tokens=25, **GREEDY)
         assert all(torch.equal(a, b) for a, b in zip(before, [t for c in held.caches for t in (c.k, c.v)]))
     finally:
-        pool.release(key, held)
+        pool.release(held)
     after = codes(static, TEXTS[:1], max_new_tokens=25, **GREEDY)
     assert torch.equal(while_held[0], after[0])
     assert not all(torch.equal(a, b) for a, b in zip(before, [t for c in held.caches for t in (c.k, c.v)]))
@@ -108,16 +112,13 @@ def test_a_busy_decoder_is_not_shared(pair):
 
 def test_a_failed_capture_falls_back_to_eager_steps():
     """Where a graph cannot be captured (here: no CUDA at all), the step still runs, eagerly, with a warning."""
-    from q3tts.static_decode import Replayable
-
     calls = []
 
     def fn() -> torch.Tensor:
         calls.append(1)
         return torch.tensor([len(calls)])
 
-    step = Replayable(fn, torch.device("cpu"))
-    step.capture = True  # as on CUDA
+    step = Replayable(fn, capture=True)  # as on CUDA
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
         first = step()
     assert step.capture is False and step.graph is None

@@ -262,7 +262,7 @@ class DecodeBatch:
         self.steps_done[:high] += moving
         self.emitted[:high] += continuing
         # The one synchronisation of the step: codes and end flags together.
-        host = torch.cat([codes, eos[:, None], capped[:, None]], dim=1).cpu()
+        host = torch.cat([codes, eos[:, None], capped[:, None]], dim=1).cpu().numpy()
         events = []
         for i in range(high):
             row = self.rows[i]
@@ -275,7 +275,7 @@ class DecodeBatch:
                 events.append(RowEvent(i, row.request.tag, None, "length", row.emitted))
             else:
                 row.emitted += 1
-                events.append(RowEvent(i, row.request.tag, host[i, :-2], None, row.emitted))
+                events.append(RowEvent(i, row.request.tag, torch.from_numpy(host[i, :-2]), None, row.emitted))
         for e in events:
             if e.end is not None:
                 self.leave(e.slot)

@@ -60,6 +60,7 @@ class SpeechJob:
         self.finish_reason: Optional[str] = None  # "stop" (end of speech), "length", "cancelled", "error"
         self.error: Optional[BaseException] = None
         self.stream: Optional[CodecStream] = None  # made in the scheduler thread: priming runs the codec
+        self.frames: list[torch.Tensor] = []  # [G] codes of every frame generated (128 bytes each)
 
     @property
     def opts(self) -> SamplingOptions:
@@ -80,6 +81,11 @@ class SpeechJob:
             self.audio.put(_END)
 
     # -- consumer side --------------------------------------------------------------------------
+    def codes(self) -> torch.Tensor:
+        """The codes generated so far, [frames, G] int64."""
+        G = self.scheduler.tts.checkpoint.config.talker.num_code_groups
+        return torch.stack(self.frames) if self.frames else torch.zeros(0, G, dtype=torch.long)
+
     def cancel(self) -> None:
         """Stop generating; the batch slot is freed at the next step."""
         self.cancelled.set()
@@ -295,6 +301,7 @@ class SpeechScheduler:
             if e.codes is not None:
                 self._stats.frames += 1
                 job.frames_generated += 1
+                job.frames.append(e.codes)
                 job.stream.push(e.codes)
                 if job.stream.due:
                     due.append(job)

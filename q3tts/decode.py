@@ -62,6 +62,17 @@ class _Row:
     emitted: int = 0  # frames emitted (host mirror)
 
 
+@dataclass
+class _Prefill:
+    requests: list[Optional[RowRequest]]  # None: the row left before its prompt was done
+    slots: list[int]
+    lengths: list[int]  # prompt lengths (the batch is left-padded to the longest)
+    prefill: torch.Tensor  # [k, T, H]
+    valid: torch.Tensor  # bool [k, T]
+    scratch: list  # the joiners' own KV caches, [k, ..., T, ...]
+    done: int = 0  # prompt positions run so far
+
+
 def _bucket(n: int, unit: int) -> int:
     return -(-n // unit) * unit
 
@@ -102,6 +113,8 @@ class DecodeBatch:
         # Host mirror of `write`, holes included (a hole keeps writing its last slot): the eager
         # talker step attends over [0, max + 1) without reading anything back.
         self.slot_write = [0] * C
+        self._prefills: list[_Prefill] = []  # joiners whose prompts are being run, oldest first
+        self._reserved: set[int] = set()  # their slots
         self._code0_groups: list = []
         self._sub_groups: list = []
         self.steps = FixedShapeSteps(self, graphs) if fixed_shape else EagerSteps(self)
@@ -112,7 +125,7 @@ class DecodeBatch:
 
     @property
     def free(self) -> int:
-        return self.capacity - len(self)
+        return self.capacity - len(self) - len(self._reserved)
 
     @property
     def high(self) -> int:
@@ -120,54 +133,102 @@ class DecodeBatch:
         return max((i + 1 for i, r in enumerate(self.rows) if r is not None), default=0)
 
     def tags(self) -> list[tuple[int, Any]]:
-        return [(i, r.request.tag) for i, r in enumerate(self.rows) if r is not None]
+        """(slot, tag) of every row, those still being prefilled included."""
+        rows = [(i, r.request.tag) for i, r in enumerate(self.rows) if r is not None]
+        for p in self._prefills:
+            rows += [(slot, req.tag) for slot, req in zip(p.slots, p.requests) if req is not None]
+        return rows
 
     # -- admission ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def admit(self, requests: list[RowRequest]) -> list[int]:
-        """Prefill `requests` together (left-padded) into free slots; returns their slots."""
+    def admit(self, requests: list[RowRequest], chunk_tokens: Optional[int] = None) -> list[int]:
+        """Prefill `requests` together (left-padded) into free slots; returns their slots.
+
+        With `chunk_tokens`, a prompt longer than that is not run at once: the slots are reserved
+        and `advance_prefills` runs the prompts `chunk_tokens` positions at a time between steps,
+        so the running rows wait for at most one chunk per step. The rows join when it is done."""
         if not requests:
             return []
         if len(requests) > self.free:
             raise RuntimeError(f"{len(requests)} rows do not fit in {self.free} free slots")
-        slots = [i for i, r in enumerate(self.rows) if r is None][: len(requests)]
+        slots = [i for i, r in enumerate(self.rows) if r is None and i not in self._reserved][: len(requests)]
         lengths = [r.prompt.prefill.shape[0] for r in requests]
         T = max(lengths)
-        self._ensure_length(max(T + r.cap + 2 for r in requests))  # prompt, every frame, a spare
-        self._ensure_text(max(r.prompt.trailing.shape[0] for r in requests) + 1)
         k, H = len(requests), self.hidden.shape[1]
         prefill = torch.zeros(k, T, H, dtype=self.dtype, device=self.device)
         valid = torch.zeros(k, T, dtype=torch.bool, device=self.device)
         for j, (req, n) in enumerate(zip(requests, lengths)):
             prefill[j, T - n :] = req.prompt.prefill
             valid[j, T - n :] = True
-        positions = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)
-        # The joiners' prompts run as one batch over a cache of their own, then land in their slots:
-        # no running row waits for more than this one forward.
-        scratch = self.engine.talker.new_caches(k, T)
+        # The joiners' prompts run as one batch over a cache of their own, then land in their slots.
+        pending = _Prefill(list(requests), slots, lengths, prefill, valid, self.engine.talker.new_caches(k, T))
+        self._prefills.append(pending)
+        self._reserved.update(slots)
+        if chunk_tokens is None or T <= chunk_tokens:
+            self._advance(pending, T)
+        return slots
+
+    @property
+    def prefilling(self) -> int:
+        """Rows whose prompts are still being prefilled."""
+        return len(self._reserved)
+
+    @torch.inference_mode()
+    def advance_prefills(self, chunk_tokens: Optional[int] = None) -> list[int]:
+        """Run the next `chunk_tokens` prompt positions (all, with None) of the oldest pending
+        prefill; returns the slots of the rows that joined."""
+        if not self._prefills:
+            return []
+        pending = self._prefills[0]
+        T = pending.prefill.shape[1]
+        return self._advance(pending, T if chunk_tokens is None else min(T, pending.done + chunk_tokens))
+
+    def _advance(self, p: "_Prefill", end: int) -> list[int]:
+        T = p.prefill.shape[1]
         ar = torch.arange(T, device=self.device)
-        out = self.engine.talker(prefill, positions, causal_mask(ar, ar, valid), scratch, ar)[:, -1]
+        query = ar[p.done : end]
+        positions = (p.valid.long().cumsum(-1) - 1).masked_fill(~p.valid, 1)[:, p.done : end]
+        mask = causal_mask(query, ar[:end], p.valid[:, :end])
+        out = self.engine.talker(p.prefill[:, p.done : end], positions, mask, p.scratch, query)[:, -1]
+        p.done = end
+        if end < T:
+            return []
+        self._prefills.remove(p)
+        self._reserved.difference_update(p.slots)
+        kept = [j for j, req in enumerate(p.requests) if req is not None]  # None: left while prefilling
+        if not kept:
+            return []
+        return self._land(p, kept, out)
+
+    def _land(self, p: "_Prefill", kept: list[int], out: torch.Tensor) -> list[int]:
+        """Rows whose prompts are done take their slots: caches, state and settings."""
+        requests = [p.requests[j] for j in kept]
+        slots = [p.slots[j] for j in kept]
+        T = p.prefill.shape[1]
+        self._ensure_length(max(T + r.cap + 2 for r in requests))  # prompt, every frame, a spare
+        self._ensure_text(max(r.prompt.trailing.shape[0] for r in requests) + 1)
         index = torch.tensor(slots, device=self.device)
-        for big, small in zip(self.caches, scratch):
-            big.k[index, :, :T] = small.k
-            big.v[index, :, :T] = small.v
+        rows = torch.tensor(kept, device=self.device)
+        for big, small in zip(self.caches, p.scratch):
+            big.k[index, :, :T] = small.k[rows]
+            big.v[index, :, :T] = small.v[rows]
         self.valid[index] = False
-        self.valid[index, :T] = valid
-        self.hidden[index] = out
+        self.valid[index, :T] = p.valid[rows]
+        self.hidden[index] = out[rows]
         self.seen[index] = False
         self.steps_done[index] = 0
         self.emitted[index] = 0
         self.write[index] = T
-        self.position[index] = torch.tensor(lengths, device=self.device)
+        self.position[index] = torch.tensor([p.lengths[j] for j in kept], device=self.device)
         self.active[index] = True
         for slot, req in zip(slots, requests):
-            o, p = req.opts, req.prompt
+            o, prompt = req.opts, req.prompt
             self.cap[slot] = req.cap
             self.min_new[slot] = o.min_new_tokens
             self.penalty[slot] = o.repetition_penalty
-            n = p.trailing.shape[0]
-            self.text_track[slot, :n] = p.trailing
-            self.text_track[slot, n] = p.pad
+            n = prompt.trailing.shape[0]
+            self.text_track[slot, :n] = prompt.trailing
+            self.text_track[slot, n] = prompt.pad
             self.text_len[slot] = n
             self.sub_sampler.set(slot, o)
             self.rows[slot] = _Row(req)
@@ -176,11 +237,18 @@ class DecodeBatch:
         return slots
 
     def leave(self, slot: int) -> None:
-        """Free `slot` (its row ended or was cancelled); it becomes a hole until a new row takes it."""
+        """Free `slot` (its row ended or was cancelled); it becomes a hole until a new row takes it.
+        A row still being prefilled is dropped from its prefill."""
         if self.rows[slot] is not None:
             self.rows[slot] = None
             self.active[slot] = False
             self._regroup()
+        elif slot in self._reserved:
+            p = next(p for p in self._prefills if slot in p.slots)
+            p.requests[p.slots.index(slot)] = None
+            if all(req is None for req in p.requests):  # nobody waits for this prompt any more
+                self._prefills.remove(p)
+                self._reserved.difference_update(p.slots)
 
     def _ensure_length(self, needed: int) -> None:
         """Caches of at least `needed` slots per row (bucketed; contents kept when grown)."""

@@ -30,6 +30,10 @@ from .prompt import Utterance
 from .sampling import SamplingOptions
 
 _END = object()
+# Prompt positions a joining request's prefill runs per step while other rows generate. On CPU a
+# decode step of the 0.6B int8 model costs about as much as a prefill of this many positions.
+PREFILL_CHUNK_TOKENS_CPU = 64
+PREFILL_CHUNK_TOKENS_CUDA = 512
 
 
 class QueueFull(Q3TTSError, RuntimeError):
@@ -137,13 +141,18 @@ class SpeechScheduler:
     """`static`: the decode steps' form, as `Engine(static=...)`: "auto" (CUDA graphs on CUDA),
     "off" (eager steps), "eager" (fixed-shape steps without graphs); None follows the model's."""
 
-    def __init__(self, tts: Qwen3TTS, max_batch: int = 16, max_queue: int = 64, static: Optional[str] = None):
+    def __init__(self, tts: Qwen3TTS, max_batch: int = 16, max_queue: int = 64, static: Optional[str] = None,
+                 prefill_chunk_tokens: Optional[int] = None):  # fmt: skip
         if max_batch < 1 or max_queue < 0:
             raise ValueError("max_batch must be >= 1 and max_queue >= 0")
         if static not in (None, "auto", "off", "eager"):
             raise ValueError(f"static must be auto, off or eager, got {static!r}")
         self.tts = tts
         self.max_batch, self.max_queue, self.static = max_batch, max_queue, static
+        # A joining prompt longer than this runs in pieces of this many positions between steps.
+        self.prefill_chunk_tokens = prefill_chunk_tokens or (
+            PREFILL_CHUNK_TOKENS_CUDA if tts.device.type == "cuda" else PREFILL_CHUNK_TOKENS_CPU
+        )
         self._waiting: queue.Queue[SpeechJob] = queue.Queue()
         self._next_pieces: list[SpeechJob] = []  # jobs whose next piece joins at the next admission
         self._batch: Optional[DecodeBatch] = None
@@ -231,7 +240,8 @@ class SpeechScheduler:
         assert batch is not None
         while True:
             with self._cond:
-                while not self._closing and not len(batch) and not self._next_pieces and self._waiting.empty():
+                while (not self._closing and not len(batch) and not batch.prefilling and not self._next_pieces
+                       and self._waiting.empty()):  # fmt: skip
                     self._cond.wait(timeout=1.0)
                 if self._closing:
                     break
@@ -239,6 +249,8 @@ class SpeechScheduler:
                 with torch.inference_mode():
                     self._drop_cancelled()
                     self._admit()
+                    if batch.prefilling:  # with no row running, nobody waits: the whole prompt at once
+                        batch.advance_prefills(self.prefill_chunk_tokens if len(batch) else None)
                     if len(batch):
                         self._step()
             except Exception as e:  # a failed step fails its rows, not the server
@@ -285,7 +297,8 @@ class SpeechScheduler:
             joining.append(job)
         if joining:
             try:
-                batch.admit([job._request() for job in joining])
+                chunk = self.prefill_chunk_tokens if len(batch) else None
+                batch.admit([job._request() for job in joining], chunk_tokens=chunk)
             except Exception as e:
                 self._stats.errors += 1
                 for job in joining:

@@ -133,3 +133,35 @@ def test_a_step_copies_to_the_host_once(models, static, monkeypatch):
     monkeypatch.undo()
     assert len(events) == 3
     assert dict(calls) == {"cpu": 1}
+
+
+def test_a_long_joiner_is_prefilled_in_chunks_between_steps(models):
+    """A joining prompt runs 8 positions per step while the running row keeps generating, then
+    the row joins and generates what it generates alone."""
+    model = models["off"]
+    text = "A much longer prompt joins later: it is run in small pieces between the steps of the others."
+
+    def request(text, speaker, tag, max_new_tokens=12):
+        opts = model.options(max_new_tokens=max_new_tokens, **GREEDY)
+        plan = model.plan(utterance(model, text, speaker), opts=opts)
+        return RowRequest(plan.prompts[0], opts, plan.caps[0], tag=tag)
+
+    want = model.generate_codes([utterance(model, text, "Ryan")], max_new_tokens=12, **GREEDY)[0]
+    batch = model.engine.new_batch(2)
+    batch.admit([request("Hello.", "Vivian", "running", max_new_tokens=200)])
+    batch.step()
+    joiner = request(text, "Ryan", "joiner")
+    positions = joiner.prompt.prefill.shape[0]
+    assert positions > 32
+    batch.admit([joiner], chunk_tokens=8)
+    steps_while_prefilling, got = 0, []
+    while batch.prefilling:
+        batch.advance_prefills(8)
+        events = batch.step()
+        steps_while_prefilling += 1
+        assert [e.tag for e in events] == ["running", "joiner"] if not batch.prefilling else ["running"]
+        got += [e.codes for e in events if e.tag == "joiner"]
+    assert steps_while_prefilling == -(-positions // 8)
+    while any(tag == "joiner" for _, tag in batch.tags()):
+        got += [e.codes for e in batch.step() if e.tag == "joiner" and e.codes is not None]
+    assert torch.equal(torch.stack(got), want)

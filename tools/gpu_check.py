@@ -50,8 +50,17 @@ MIN_PART_SECONDS = 10  # a part given less than this is skipped as out of time
 # ----------------------------------------------------------------------------------------------
 
 
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"gpu_check: error: {message}\n")
+
+
+PRESETS = ("tiny", "0.6b", "1.7b")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tools/gpu_check.sh", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="tools/gpu_check.sh", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:1, or cpu (for tests)")
     p.add_argument("--preset", dest="presets", default="0.6b,1.7b", help="checkpoint sizes, e.g. 0.6b,1.7b or tiny")
     p.add_argument("--kind", default="custom_voice", choices=("custom_voice", "voice_design", "base"))
@@ -76,6 +85,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     default_dtypes = "float32" if args.device == "cpu" else "float32,bfloat16"
     args.equivalence_dtypes = [x.strip() for x in (args.equivalence_dtypes or default_dtypes).split(",") if x.strip()]
+    for preset in args.presets:
+        if preset not in PRESETS:
+            p.error(f"--preset takes {', '.join(PRESETS)} (comma-separated), got {preset!r}")
+    for dtype in [args.dtype, *args.equivalence_dtypes]:
+        if dtype not in DTYPES:
+            p.error(f"dtypes are {', '.join(DTYPES)}, got {dtype!r}")
+    if not all(part.strip().isdigit() and int(part) > 0 for part in args.streams.split(",")):
+        p.error(f"--streams takes counts like 1,8,32, got {args.streams!r}")
+    for name, least in (("frames", 1), ("batch", 1), ("warmup", 0), ("repeat", 1), ("equivalence_frames", 1)):
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
+    if not args.presets or args.budget <= 0:
+        p.error("give at least one --preset and a positive --budget")
     return args
 
 

@@ -7,9 +7,9 @@
 
 Every run makes exactly `--frames` frames per row (end of speech is masked for every step:
 min_new_tokens = max_new_tokens = frames + 1) at batch 1 and at `--batch` (with `--serve`, also at
-every stream count, so each has an engine batch to compare with). Ours and the reference are measured in separate child
-processes, one after the other, so each peak RSS is that implementation's own and they never
-compete for cores. Figures, per batch size B (a *step* makes one frame for each of the B rows):
+every stream count, so each has an engine batch to compare with). Ours and the reference are
+measured in separate child processes, one after the other, so each peak RSS is that
+implementation's own and they never compete for cores. Figures, per batch size B (a *step* makes one frame for each of the B rows):
 
   prefill ms           the talker's forward over the prompt
   talker ms/step       the talker's one-frame forwards / steps

@@ -155,3 +155,42 @@ def test_bad_arguments_give_one_line(make_tiny, capsys, args, message):
     status, out, err = run_bench(capsys, *args)
     assert status == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("q3tts bench: error:") and message in err, err
+
+
+@pytest.mark.filterwarnings("ignore:generation reached max_new_tokens")  # the cap is how every run stops
+def test_missing_hook_targets_leave_the_totals(make_tiny):
+    """Internals the split hooks into may move: a missing target is skipped and its part reads
+    None, every other figure stays, and the hooks come off again."""
+    import torch
+
+    from q3tts.api import Qwen3TTS
+
+    class MovedInternals:
+        """The real engine, seen without `_predict_rest`: as a rewrite that renames it would leave it."""
+
+        def __init__(self, engine):
+            self.engine = engine
+
+        def __getattr__(self, name):
+            if name == "_predict_rest":
+                raise AttributeError(name)
+            return getattr(self.engine, name)
+
+    tts = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu")
+    tts._engine = MovedInternals(tts.engine)
+    clock = bench.Stopwatch(torch.device("cpu"))
+    parts, remove = bench.instrument(tts, clock, split=True)
+    assert parts == ["prefill", "talker", "codec"]
+    config = dict(language="english", frames=3, seed=0, speaker=None, text="Hello there.")
+    generate, _ = bench.calls_for(tts, config, bench.voice_for(tts, config))
+    spf = tts.checkpoint.speech_tokenizer.samples_per_frame
+    start = clock.now()
+    wavs, sr = generate(2)
+    sample = dict(wall_s=clock.now() - start, seconds=dict(clock.seconds), parts_timed=parts,
+                  frames_per_row=[len(w) // spf for w in wavs], audio_seconds_per_row=[len(w) / sr for w in wavs])  # fmt: skip
+    figures = bench.summarise_runs([sample], frames_requested=3)
+    assert figures["frames_ok"] and figures["total_ms_per_step"] > 0 and figures["talker_ms_per_step"] > 0
+    assert figures["code_predictor_ms_per_step"] is None and figures["other_ms_per_step"] is None
+    remove()
+    assert "decode_chunk" not in vars(tts.checkpoint.speech_tokenizer.decoder)
+    assert not tts.checkpoint.networks.talker._forward_hooks and not tts.checkpoint.networks.talker._forward_pre_hooks

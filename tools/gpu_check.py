@@ -9,16 +9,20 @@ so a part that fails, hangs or runs out of time is recorded in the JSON and the 
 
   write <preset>        a random-weight checkpoint (`q3tts.presets.make_checkpoint`) into the scratch
                         folder, reused when complete. All presets are written at once, at the start,
-                        while the first equivalence check runs (nothing is timed then): the 0.6b took
-                        22 s and 2.4 GB on one CPU core here.
+                        while the first equivalence check runs (nothing is timed then). One CPU core
+                        does each: here the 0.6b took 22 s (2.4 GB), the 1.7b 186 s (4.3 GB) at nice
+                        10 on 2 cores loaded 9 deep (by size, about 45 s on a free core: not measured).
   equivalence <preset>  greedy codes of three texts of different lengths in one batch, from
                         `Engine(..., static=...)` with each fixed-shape mode ("auto": CUDA graphs on
                         CUDA; "eager") against the dynamic path ("off"): equal, or the first frame
-                        that differs. Then the scheduler, where it takes `static=`: the same texts
-                        joining at staggered steps, greedy, audio of static "auto" (CUDA) or
-                        "eager" (CPU) against "off".
+                        that differs. Then the scheduler, the texts joining at staggered steps: its
+                        greedy audio against the API's (server == API), and, where it takes
+                        `static=`, static "auto" (CUDA) or "eager" (CPU) against "off". In float32
+                        and bfloat16 on CUDA (`--equivalence-dtypes`): float32 tells a real
+                        difference from bf16 rounding flipping a near-tie argmax.
   bench <preset>        `q3tts bench --serve`: engine batch 1 and `--batch`, and the scheduler the
-                        server runs at `--streams` (first audio, RTF, audio-s/s), in one run.
+                        server runs at `--streams` (first audio, RTF, audio-s/s), in one run. Each
+                        gets a share of the time left (BENCH_WEIGHT).
 
 Writes `--out` (gpu_check.json) after every part, and prints a short table at the end.
 """
@@ -179,14 +183,8 @@ def internal(part: str, spec: dict, scratch: Path) -> tuple[list[str], Path]:
     spec_path, result_path = scratch / "logs" / f"{stem}.spec.json", scratch / "logs" / f"{stem}.result.json"
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
-    return [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--_part",
-        part,
-        str(spec_path),
-        str(result_path),
-    ], result_path
+    command = [sys.executable, str(Path(__file__).resolve()), "--_part", part, str(spec_path), str(result_path)]
+    return command, result_path
 
 
 def main(argv: Optional[list[str]] = None) -> int:

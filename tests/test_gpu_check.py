@@ -73,6 +73,8 @@ def test_gpu_check_records_a_failing_part_and_runs_the_rest(tmp_path, scratch):
     assert parts["equivalence tiny"]["status"] == parts["bench tiny"]["status"] == "ok"
     for name in ("bench 0.6b", "equivalence 0.6b"):
         assert parts[name]["status"] == "failed" and parts[name]["error"], parts[name]
+        last = [line for line in parts[name]["stderr_tail"] if line.strip()][-1]
+        assert last.strip()[:200] in parts[name]["error"]  # the JSON carries the log's end: logs stay behind
     assert [r["path"] for r in report["summary"]] == ["engine b=1", "server n=1"]
     assert "bench 0.6b" in proc.stdout and "failed" in proc.stdout
 

@@ -160,13 +160,23 @@ class Part:
             return self.entry("failed", f"no result: {e}; {last_line(self.stderr_path)}")
 
     def entry(self, status: str, error: Optional[str], result: Any = None) -> dict:
-        return dict(status=status, seconds=round(time.monotonic() - self.started, 2), error=error, result=result,
-                    log=str(self.stderr_path))  # fmt: skip
+        entry = dict(status=status, seconds=round(time.monotonic() - self.started, 2), error=error, result=result,
+                     log=str(self.stderr_path))  # fmt: skip
+        if status != "ok":  # the logs stay on the machine that ran the check; the JSON is what comes back
+            entry["stderr_tail"] = tail(self.stderr_path, 30)
+        return entry
 
 
 def child_env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                 PYTHONUNBUFFERED="1")  # fmt: skip
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
 
 
 def last_line(path: Path) -> str:

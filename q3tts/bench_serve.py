@@ -61,20 +61,26 @@ class ServingBenchError(Exception):
 
 
 def run_wave(streams: int, one_request: Callable[[], dict]) -> list[dict]:
-    """`streams` threads released together by a barrier, each making one request; their records."""
+    """`streams` threads released together by a barrier, each making one request; their records.
+    A request still unanswered after REQUEST_TIMEOUT_S is recorded as an error instead of hanging
+    the bench (its daemon thread is left behind)."""
     barrier = threading.Barrier(streams)
     records: list[Optional[dict]] = [None] * streams
+    started = time.perf_counter()
 
     def client(i: int) -> None:
         barrier.wait()
         records[i] = one_request()
 
-    threads = [threading.Thread(target=client, args=(i,), name=f"bench-stream-{i}") for i in range(streams)]
+    threads = [threading.Thread(target=client, args=(i,), name=f"bench-stream-{i}", daemon=True)
+               for i in range(streams)]  # fmt: skip
     for t in threads:
         t.start()
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
     for t in threads:
-        t.join()
-    return records  # type: ignore[return-value]
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    return [r if r is not None else dict(record(started, [], 0), error=f"no answer in {REQUEST_TIMEOUT_S} s")
+            for r in records]  # fmt: skip
 
 
 def run_waves(config: dict, one_request: Callable[[], dict]) -> dict[str, list[list[dict]]]:

@@ -20,9 +20,10 @@ so a part that fails, hangs or runs out of time is recorded in the JSON and the 
                         `static=`, static "auto" (CUDA) or "eager" (CPU) against "off". In float32
                         and bfloat16 on CUDA (`--equivalence-dtypes`): float32 tells a real
                         difference from bf16 rounding flipping a near-tie argmax.
-  bench <preset>        `q3tts bench --serve`: engine batch 1 and `--batch`, and the scheduler the
-                        server runs at `--streams` (first audio, RTF, audio-s/s), in one run. Each
-                        gets a share of the time left (BENCH_WEIGHT).
+  bench <preset>        `q3tts bench --serve`: engine batch 1 and `--batch` (and, by bench's rule,
+                        each stream count, for the ratios), then the scheduler the server runs at
+                        `--streams` (first audio, RTF, audio-s/s), in one run. Each bench gets a
+                        share of the time left (BENCH_WEIGHT).
 
 Writes `--out` (gpu_check.json) after every part, and prints a short table at the end.
 """

@@ -2,12 +2,14 @@
 
     q3tts bench --preset 0.6b --kind custom_voice             # writes checkpoints/0.6b-custom_voice once
     q3tts bench --model PATH --frames 64 --batch 4 --quantize int8 --reference --json
+    q3tts bench --model PATH --serve --streams 1,4,16 --http   # and the server's path (bench_serve.py)
     python -m q3tts.bench ...                                  # the same without the CLI
 
-Every run makes exactly `--frames` frames per row (end-of-speech is masked out of the talker's
-logits) at batch 1 and at `--batch`. Ours and the reference are measured in separate child
-processes, one after the other, so each peak RSS is that implementation's own and they never
-compete for cores. Figures, per batch size B (a *step* makes one frame for each of the B rows):
+Every run makes exactly `--frames` frames per row (end of speech is masked for every step:
+min_new_tokens = max_new_tokens = frames + 1) at batch 1 and at `--batch` (with `--serve`, also at
+every stream count, so each has an engine batch to compare with). Ours and the reference are
+measured in separate child processes, one after the other, so each peak RSS is that
+implementation's own and they never compete for cores. Figures, per batch size B (a *step* makes one frame for each of the B rows):
 
   prefill ms           the talker's forward over the prompt
   talker ms/step       the talker's one-frame forwards / steps
@@ -22,7 +24,15 @@ compete for cores. Figures, per batch size B (a *step* makes one frame for each 
 
 Timings are medians over `--repeat` runs after `--warmup` runs. The split comes from hooks on
 the child's own model instance (the engine code is not changed): a forward pre/post hook on the
-talker, and instance wrappers of `Engine._predict_rest` and the codec's `decode_chunk`.
+talker, and wrappers of the step forms' `predict_rest` (steps.py) and the codec's `decode_chunk`. A hook
+whose target is missing is skipped (that part reads "-", the total stays). On CUDA the split is
+off unless `--split`: timing a part synchronises the device, which would slow the very loop it
+measures. The hooks are removed before the serving runs.
+
+`--serve` then measures the scheduler the server runs, in the same child on the same model, and
+`--http` a real `q3tts serve` process after it: see bench_serve.py for those figures. The
+ratios printed (and under "serving" in `--json`) are server / engine: at 1 stream against the
+engine's batch 1 (ms/frame, first audio), at N streams against its batch N (audio-s/s).
 """
 
 from __future__ import annotations
@@ -87,6 +97,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Python of an environment with qwen-tts (default: $Q3TTS_REFERENCE_PYTHON, "
                              "else .oracle-venv/bin/python in the current folder)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    serve = parser.add_argument_group("serving (the scheduler `q3tts serve` runs)")
+    serve.add_argument("--serve", action="store_true", help="also measure the server's scheduler, in process")
+    serve.add_argument("--streams", help="concurrent streams to measure, e.g. 1,4,16 (the default); implies --serve")
+    serve.add_argument("--http", action="store_true",
+                       help="also measure a real `q3tts serve` process over HTTP (needs the server extra); "
+                            "implies --serve")  # fmt: skip
+    serve.add_argument(
+        "--chunk-frames", type=int, default=4, help="frames per streamed chunk (default 4, the server's)"
+    )
+    serve.add_argument("--static", choices=("auto", "off", "eager"), default="auto",
+                       help="fixed-shape steps: auto (CUDA graphs on CUDA), off, or eager (without graphs); "
+                            "the engine follows off / not off, the scheduler takes it where it supports it")  # fmt: skip
+    serve.add_argument(
+        "--split", action="store_true", help="time talker / code predictor / codec on CUDA too (each part synchronises)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,14 +124,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"q3tts bench: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+    http = (report.get("serving") or {}).get("http") or {}
+    if http.get("error"):  # the figures measured before it are printed above, not lost
+        print(f"q3tts bench: error: http serving: {http['error']}", file=sys.stderr)
+        return 1
     return 0
 
 
+def parse_streams(text: Optional[str]) -> list[int]:
+    try:
+        streams = sorted({int(part) for part in (text or "1,4,16").split(",") if part.strip()})
+    except ValueError:
+        raise BenchError(f"--streams takes counts like 1,4,16, got {text!r}") from None
+    if not streams or streams[0] < 1:
+        raise BenchError(f"--streams counts must be at least 1, got {text!r}")
+    return streams
+
+
 def make_config(args: argparse.Namespace) -> dict:
-    for name, least in (("frames", 1), ("batch", 1), ("warmup", 0), ("repeat", 1), ("threads", 1)):
+    for name, least in (("frames", 1), ("batch", 1), ("warmup", 0), ("repeat", 1), ("threads", 1), ("chunk_frames", 1)):
         value = getattr(args, name)
         if value is not None and value < least:
-            raise BenchError(f"--{name} must be at least {least}, got {value}")
+            raise BenchError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
     import torch
 
     from .api import resolve_device, resolve_dtype
@@ -122,6 +161,8 @@ def make_config(args: argparse.Namespace) -> dict:
         raise BenchError("--quantize int8 is for CPU; on a GPU use --dtype bfloat16")
     from .quant import default_threads
 
+    serve = args.serve or args.http or args.streams is not None
+    streams = parse_streams(args.streams) if serve else []
     return dict(
         model=str(checkpoint_folder(args)),
         device=str(device),
@@ -129,7 +170,7 @@ def make_config(args: argparse.Namespace) -> dict:
         threads=args.threads or default_threads(),
         quantize=args.quantize,
         frames=args.frames,
-        batches=sorted({1, args.batch}),
+        batches=sorted({1, args.batch, *streams}),
         warmup=args.warmup,
         repeat=args.repeat,
         text=args.text,
@@ -137,6 +178,12 @@ def make_config(args: argparse.Namespace) -> dict:
         instruct=args.instruct,
         language=args.language,
         seed=args.seed,
+        split=args.split or device.type != "cuda",
+        static=args.static,
+        serve=serve,
+        streams=streams,
+        http=args.http,
+        chunk_frames=args.chunk_frames,
     )
 
 
@@ -172,18 +219,43 @@ def reference_python(args: argparse.Namespace) -> str:
 
 def bench(config: dict, ref_python: Optional[str]) -> dict:
     """Measure ours (and the reference when `ref_python` is given) in child processes."""
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    from . import bench_serve
+
+    env = bench_serve.package_env()
     runs = (config["warmup"] + config["repeat"]) * (len(config["batches"]) + 1)
-    print(f"q3tts bench: measuring q3tts ({runs} runs of {config['frames']} frames) ...", file=sys.stderr, flush=True)
+    serving = f", then the scheduler at {config['streams']} streams" if config["serve"] else ""
+    print(f"q3tts bench: measuring q3tts ({runs} runs of {config['frames']} frames{serving}) ...", file=sys.stderr,
+          flush=True)  # fmt: skip
     ours = run_child([sys.executable, "-m", "q3tts.bench", "--_child"], config, env, "q3tts")
     report: dict[str, Any] = dict(config=config, ours=summarise_side(ours, config), reference=None, ratios=None)
+    if config["serve"]:
+        report["serving"] = serving_report(config, ours, report["ours"], env)
     if ref_python:
         print(f"q3tts bench: measuring the reference with {ref_python} ...", file=sys.stderr, flush=True)
         ref = run_child([ref_python, str(REFERENCE_SCRIPT)], config, None, "reference")
         report["reference"] = summarise_side(ref, config)
         report["ratios"] = ratios(report["ours"], report["reference"])
     return report
+
+
+def serving_report(config: dict, raw: dict, ours: dict, env: dict) -> dict:
+    """The in-process scheduler figures the child measured, then (with --http) a server's."""
+    from . import bench_serve
+
+    frames, spf, sr = config["frames"], raw["samples_per_frame"], raw["sample_rate"]
+    serving: dict[str, Any] = dict(in_process=bench_serve.summarise_way(raw["serving"], frames, spf, sr), http=None)
+    if config["http"]:
+        print(f"q3tts bench: measuring q3tts serve over HTTP at {config['streams']} streams ...", file=sys.stderr,
+              flush=True)  # fmt: skip
+        try:
+            voice = bench_serve.http_voice(ours["checkpoint"]["kind"], raw.get("speaker"), config, reference_clip)
+            result = bench_serve.measure_http(config, voice, spf, env)
+            serving["http"] = bench_serve.summarise_way(result, frames, spf, sr)
+        except (bench_serve.ServingBenchError, OSError) as e:
+            serving["http"] = dict(error=str(e))
+    serving["ratios"] = {way: bench_serve.serving_ratios(ours, serving[way]) for way in ("in_process", "http")
+                         if serving[way] and "streams" in serving[way]}  # fmt: skip
+    return serving
 
 
 def run_child(command: list[str], config: dict, env: Optional[dict], name: str) -> dict:
@@ -219,6 +291,11 @@ def summarise_runs(samples: list[dict], frames_requested: int) -> dict:
     def per_step(s: dict, part: str) -> float:
         return 1e3 * s["seconds"].get(part, 0.0) / steps(s)
 
+    timed = set(samples[-1].get("parts_timed", ("prefill", *STEP_PARTS)))  # the reference times every part
+
+    def if_timed(parts, value: Callable[[], float]) -> Optional[float]:
+        return value() if timed.issuperset(parts) else None
+
     last = samples[-1]
     out: dict[str, Any] = dict(
         batch=len(last["frames_per_row"]),
@@ -227,20 +304,21 @@ def summarise_runs(samples: list[dict], frames_requested: int) -> dict:
         frames_ok=all(f == frames_requested for s in samples for f in s["frames_per_row"]),
         repeats=len(samples),
         wall_s=median(lambda s: s["wall_s"]),
-        prefill_ms=median(lambda s: 1e3 * s["seconds"].get("prefill", 0.0)),
+        prefill_ms=if_timed(["prefill"], lambda: median(lambda s: 1e3 * s["seconds"].get("prefill", 0.0))),
     )
     for part in STEP_PARTS:
-        out[f"{part}_ms_per_step"] = median(lambda s, part=part: per_step(s, part))
+        out[f"{part}_ms_per_step"] = if_timed([part], lambda part=part: median(lambda s: per_step(s, part)))
     out["total_ms_per_step"] = median(lambda s: 1e3 * s["wall_s"] / steps(s))
     out["total_ms_per_step_min"] = min(1e3 * s["wall_s"] / steps(s) for s in samples)
     # The rest: prompt building, code-0 sampling, embeddings, Python; prefill spread over the steps.
-    out["other_ms_per_step"] = median(
+    out["other_ms_per_step"] = if_timed((*STEP_PARTS, "prefill"), lambda: median(
         lambda s: 1e3 * (s["wall_s"] - sum(s["seconds"].get(p, 0.0) for p in (*STEP_PARTS, "prefill"))) / steps(s)
-    )
+    ))  # fmt: skip
     audio = median(lambda s: statistics.mean(s["audio_seconds_per_row"]))
     out["audio_seconds_per_row"] = audio
     out["rtf"] = out["wall_s"] / audio if audio else float("nan")
     out["frames_per_second"] = median(lambda s: sum(s["frames_per_row"]) / s["wall_s"])
+    out["audio_seconds_per_second"] = median(lambda s: sum(s["audio_seconds_per_row"]) / s["wall_s"])
     return out
 
 
@@ -257,7 +335,7 @@ def ratios(ours: dict, ref: dict) -> dict:
     )
     for batch in sorted(ours["runs"].keys() & ref["runs"].keys(), key=int):
         o, r = ours["runs"][batch], ref["runs"][batch]
-        out[f"batch_{batch}"] = {key: ratio(r[key], o[key]) for key in
+        out[f"batch_{batch}"] = {key: ratio(r.get(key), o.get(key)) for key in
                                  ("total_ms_per_step", "total_ms_per_step_min", "talker_ms_per_step", "code_predictor_ms_per_step",
                                   "codec_ms_per_step", "prefill_ms", "rtf")}  # fmt: skip
     return out
@@ -323,6 +401,10 @@ def format_report(report: dict) -> str:
             if not figures["frames_ok"]:
                 lines.append(f"warning: {name} b={batch} made {figures['frames_per_row']} frames per row, "
                              f"not {cfg['frames']}")  # fmt: skip
+    if report.get("serving"):
+        from .bench_serve import format_serving
+
+        lines += format_serving(report["serving"])
     return "\n".join(lines)
 
 
@@ -389,36 +471,58 @@ class Stopwatch:
         return timed
 
 
-def instrument(tts, clock: Stopwatch) -> None:
-    """Time the talker, code predictor and codec of this instance; mask end-of-speech."""
+def instrument(tts, clock: Stopwatch, split: bool) -> tuple[list[str], Callable[[], None]]:
+    """Time the talker, code predictor and codec of this instance (when `split`). Returns the
+    parts timed and a function that removes every hook. A target these internals no longer have
+    is skipped: its part is reported as not timed, the totals stay."""
     import torch
 
+    from .steps import EagerSteps, FixedShapeSteps
+
     engine = tts.engine
-    talker = engine.talker
-    eos_index = torch.tensor([engine.eos], device=engine.device)
-    talker.codec_head.register_forward_hook(lambda mod, inp, logits: logits.index_fill(-1, eos_index, float("-inf")))
-    starts: list[float] = []
+    parts: list[str] = []
+    undo: list[Callable[[], None]] = []
+    if not split:
+        return parts, lambda: None
+    talker = getattr(engine, "talker", None)
+    if isinstance(talker, torch.nn.Module):
+        starts: list[float] = []
 
-    def capturing() -> bool:  # no synchronising (nor timing) while a CUDA graph is being recorded
-        return engine.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        def capturing() -> bool:  # no synchronising (nor timing) while a CUDA graph is being recorded
+            return engine.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
-    def before(mod, args):
-        if not capturing():
-            starts.append(clock.now())
+        def before(mod, args):
+            if not capturing():
+                starts.append(clock.now())
 
-    def after(mod, args, out):
-        if not capturing():
-            clock.add("prefill" if args[0].shape[1] > 1 else "talker", starts.pop())
+        def after(mod, args, out):
+            if not capturing() and starts:
+                many = bool(args) and getattr(args[0], "ndim", 0) >= 2 and args[0].shape[1] > 1
+                clock.add("prefill" if many else "talker", starts.pop())
 
-    talker.register_forward_pre_hook(before)
-    talker.register_forward_hook(after)
-    if engine.decoders is not None:  # CUDA graphs: a replayed talker step runs no Python hooks
-        from .static_decode import StaticDecoder
+        handles = [talker.register_forward_pre_hook(before), talker.register_forward_hook(after)]
+        undo += [h.remove for h in handles]
+        parts += ["prefill", "talker"]
+        if engine.fixed_shape and engine.device.type == "cuda":
+            # CUDA graphs: a replayed talker step runs no Python hooks; patched in this child only
+            step = FixedShapeSteps.talker_step
+            FixedShapeSteps.talker_step = clock.wrap(step, "talker")
+            undo.append(lambda: setattr(FixedShapeSteps, "talker_step", step))
+    for form in (EagerSteps, FixedShapeSteps):  # the code predictor's pass, in either step form
+        rest = form.predict_rest
+        form.predict_rest = clock.wrap(rest, "code_predictor")
+        undo.append(lambda form=form, rest=rest: setattr(form, "predict_rest", rest))
+    parts.append("code_predictor")
+    codec = tts.checkpoint.speech_tokenizer.decoder
+    codec.decode_chunk = clock.wrap(codec.decode_chunk, "codec")  # an instance attribute: undo deletes it
+    undo.append(lambda: delattr(codec, "decode_chunk"))
+    parts.append("codec")
 
-        StaticDecoder.talker_step = clock.wrap(StaticDecoder.talker_step, "talker")  # this child process only
-    engine._predict_rest = clock.wrap(engine._predict_rest, "code_predictor")
-    decoder = tts.checkpoint.speech_tokenizer.decoder
-    decoder.decode_chunk = clock.wrap(decoder.decode_chunk, "codec")
+    def remove() -> None:
+        for step in reversed(undo):
+            step()
+
+    return parts, remove
 
 
 def measure_ours(config: dict) -> dict:
@@ -433,15 +537,17 @@ def measure_ours(config: dict) -> dict:
     device = torch.device(config["device"])
     start = time.perf_counter()
     quantize = None if config["quantize"] == "none" else config["quantize"]
-    tts = Qwen3TTS.from_pretrained(config["model"], device=device, dtype=config["dtype"], quantize=quantize)
+    tts = Qwen3TTS.from_pretrained(config["model"], device=device, dtype=config["dtype"], quantize=quantize,
+                                   cuda_graphs=config["static"] != "off")  # fmt: skip
     networks = tts.checkpoint.networks
     parameters = sum(p.numel() for p in networks.parameters())
     parameters += sum(m.in_features * m.out_features for m in networks.modules() if isinstance(m, Int8Linear))
     load_seconds = time.perf_counter() - start
     rss_after_load = memory_kib("VmRSS") * 1024
     clock = Stopwatch(device)
-    instrument(tts, clock)
-    call, stream = calls_for(tts, config)
+    parts_timed, remove_hooks = instrument(tts, clock, config["split"])
+    voice = voice_for(tts, config)
+    call, stream = calls_for(tts, config, voice)
     samples_per_frame = tts.checkpoint.speech_tokenizer.samples_per_frame
     runs: dict[str, list[dict]] = {}
     for batch in config["batches"]:
@@ -453,7 +559,7 @@ def measure_ours(config: dict) -> dict:
             wall = clock.now() - start
             if i >= config["warmup"]:
                 runs[str(batch)].append(dict(
-                    wall_s=wall, seconds=dict(clock.seconds), calls=dict(clock.calls),
+                    wall_s=wall, seconds=dict(clock.seconds), calls=dict(clock.calls), parts_timed=parts_timed,
                     frames_per_row=[len(w) // samples_per_frame for w in wavs],
                     audio_seconds_per_row=[len(w) / sr for w in wavs],
                 ))  # fmt: skip
@@ -465,30 +571,53 @@ def measure_ours(config: dict) -> dict:
         if i >= config["warmup"]:
             first_chunk.append(1e3 * (clock.now() - start))
         chunks.close()
+    peak_rss = memory_kib("VmHWM") * 1024
+    peak_gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    serving = None
+    if config["serve"]:
+        from .bench_serve import measure_scheduler
+
+        remove_hooks()  # the scheduler runs as the server runs it
+        utterance = tts.utterances(config["text"], language=config["language"], **voice)[0]
+        serving = measure_scheduler(tts, utterance, config)
+        serving["peak_rss_bytes"] = memory_kib("VmHWM") * 1024
+        if device.type == "cuda":
+            serving["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
     return dict(
         implementation="q3tts",
         env={**environment(torch, device, config), "codec_dtype": str(tts.codec_dtype).split(".")[-1]},
         checkpoint=dict(kind=tts.kind, size=tts.checkpoint.config.tts_model_size, parameters=parameters),
         load_seconds=load_seconds,
         rss_after_load_bytes=rss_after_load,
-        peak_rss_bytes=memory_kib("VmHWM") * 1024,
-        peak_gpu_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        peak_rss_bytes=peak_rss,
+        peak_gpu_bytes=peak_gpu,
         first_chunk_ms=statistics.median(first_chunk),
         runs=runs,
+        speaker=voice.get("speaker"),
+        samples_per_frame=samples_per_frame,
+        sample_rate=tts.sample_rate,
+        serving=serving,
     )
 
 
-def calls_for(tts, config: dict) -> tuple[Callable[[int], Any], Callable[[], Any]]:
-    """(batch -> (wavs, sr), () -> audio-chunk iterator) for the checkpoint's kind. Scalar voice
-    arguments are broadcast over the batch by the API."""
-    options = dict(language=config["language"], max_new_tokens=config["frames"] + 1, seed=config["seed"])
+def voice_for(tts, config: dict) -> dict:
+    """The voice arguments for the checkpoint's kind (the same for engine and scheduler runs)."""
     if tts.kind == "custom_voice":
-        generate, voice = tts.generate_custom_voice, dict(speaker=config["speaker"] or tts.get_supported_speakers()[0])
-    elif tts.kind == "voice_design":
-        generate, voice = tts.generate_voice_design, dict(instruct=config["instruct"])
-    else:
-        prompt = tts.create_voice_clone_prompt(reference_clip(), x_vector_only_mode=True)
-        generate, voice = tts.generate_voice_clone, dict(voice_clone_prompt=prompt)
+        return dict(speaker=config["speaker"] or tts.get_supported_speakers()[0])
+    if tts.kind == "voice_design":
+        return dict(instruct=config["instruct"])
+    return dict(voice_clone_prompt=tts.create_voice_clone_prompt(reference_clip(), x_vector_only_mode=True))
+
+
+def calls_for(tts, config: dict, voice: dict) -> tuple[Callable[[int], Any], Callable[[], Any]]:
+    """(batch -> (wavs, sr), () -> audio-chunk iterator) for the checkpoint's kind. Scalar voice
+    arguments are broadcast over the batch by the API. End of speech is masked at every step the
+    cap allows, so each row makes exactly `frames` frames."""
+    options = dict(language=config["language"], max_new_tokens=config["frames"] + 1,
+                   min_new_tokens=config["frames"] + 1, seed=config["seed"])  # fmt: skip
+    generate = {"custom_voice": tts.generate_custom_voice, "voice_design": tts.generate_voice_design}.get(
+        tts.kind, tts.generate_voice_clone
+    )
     text = config["text"]
     return (lambda batch: generate([text] * batch, **voice, **options),
             lambda: tts.stream(text, first_chunk_frames=1, **voice, **options))  # fmt: skip

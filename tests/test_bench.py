@@ -158,29 +158,19 @@ def test_bad_arguments_give_one_line(make_tiny, capsys, args, message):
 
 
 @pytest.mark.filterwarnings("ignore:generation reached max_new_tokens")  # the cap is how every run stops
-def test_missing_hook_targets_leave_the_totals(make_tiny):
-    """Internals the split hooks into may move: a missing target is skipped and its part reads
-    None, every other figure stays, and the hooks come off again."""
+def test_split_hooks_time_every_part_and_come_off(make_tiny):
+    """The split times the prefill, the talker steps, the code predictor's pass (in either step
+    form) and the codec on the real core, and every hook comes off again."""
     import torch
 
     from q3tts.api import Qwen3TTS
+    from q3tts.steps import EagerSteps, FixedShapeSteps
 
-    class MovedInternals:
-        """The real engine, seen without `_predict_rest`: as a rewrite that renames it would leave it."""
-
-        def __init__(self, engine):
-            self.engine = engine
-
-        def __getattr__(self, name):
-            if name == "_predict_rest":
-                raise AttributeError(name)
-            return getattr(self.engine, name)
-
+    before = (EagerSteps.predict_rest, FixedShapeSteps.predict_rest, FixedShapeSteps.talker_step)
     tts = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu")
-    tts._engine = MovedInternals(tts.engine)
     clock = bench.Stopwatch(torch.device("cpu"))
     parts, remove = bench.instrument(tts, clock, split=True)
-    assert parts == ["prefill", "talker", "codec"]
+    assert parts == ["prefill", "talker", "code_predictor", "codec"]
     config = dict(language="english", frames=3, seed=0, speaker=None, text="Hello there.")
     generate, _ = bench.calls_for(tts, config, bench.voice_for(tts, config))
     spf = tts.checkpoint.speech_tokenizer.samples_per_frame
@@ -189,8 +179,9 @@ def test_missing_hook_targets_leave_the_totals(make_tiny):
     sample = dict(wall_s=clock.now() - start, seconds=dict(clock.seconds), parts_timed=parts,
                   frames_per_row=[len(w) // spf for w in wavs], audio_seconds_per_row=[len(w) / sr for w in wavs])  # fmt: skip
     figures = bench.summarise_runs([sample], frames_requested=3)
-    assert figures["frames_ok"] and figures["total_ms_per_step"] > 0 and figures["talker_ms_per_step"] > 0
-    assert figures["code_predictor_ms_per_step"] is None and figures["other_ms_per_step"] is None
+    assert figures["frames_ok"] and figures["total_ms_per_step"] > 0
+    assert all(figures[f"{p}_ms_per_step"] > 0 for p in ("talker", "code_predictor", "codec"))
     remove()
+    assert (EagerSteps.predict_rest, FixedShapeSteps.predict_rest, FixedShapeSteps.talker_step) == before
     assert "decode_chunk" not in vars(tts.checkpoint.speech_tokenizer.decoder)
     assert not tts.checkpoint.networks.talker._forward_hooks and not tts.checkpoint.networks.talker._forward_pre_hooks

@@ -10,15 +10,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..api import InputError
 from ..audio import AudioError
+from ..errors import Q3TTSError
 from ..serving import QueueFull, SchedulerClosed
 from .metrics import BodyTooLarge
 
 log = logging.getLogger("q3tts.server")
 
-TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
-         413: "request_too_large", 429: "rate_limit_error", 503: "service_unavailable"}  # fmt: skip
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+         405: "invalid_request_error", 409: "conflict_error", 413: "request_too_large", 429: "rate_limit_error",
+         431: "request_too_large", 503: "service_unavailable", 504: "timeout_error"}  # fmt: skip
 
 
 class APIError(Exception):
@@ -41,7 +42,7 @@ def as_api_error(e: Exception) -> APIError:
     """The library's exceptions, as the HTTP errors they stand for."""
     if isinstance(e, APIError):
         return e
-    if isinstance(e, (InputError, AudioError)):
+    if isinstance(e, (Q3TTSError, AudioError)):  # every user-facing error of the library is the client's mistake
         return APIError(400, str(e), "invalid_input")
     if isinstance(e, BodyTooLarge):
         return APIError(413, str(e), "body_too_large")
@@ -79,5 +80,5 @@ def install_handlers(app: FastAPI) -> None:
         e = as_api_error(exc)
         return error_response(e.status, e.message, e.code, e.param)
 
-    for cls in (APIError, InputError, AudioError, BodyTooLarge, QueueFull, SchedulerClosed, Exception):
+    for cls in (APIError, Q3TTSError, AudioError, BodyTooLarge, QueueFull, SchedulerClosed, Exception):
         app.add_exception_handler(cls, _known)  # Exception: a 500 in the same shape, never a traceback

@@ -75,23 +75,37 @@ class RequestMiddleware:
             self._count(scope, 413)
             return
         received = 0
+        state = {"started": False, "too_large": False}
 
         async def limited_receive():
             nonlocal received
+            if state["too_large"]:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
+                    state["too_large"] = True
                     raise BodyTooLarge(f"the request body is over {self.max_body} bytes")
             return message
 
         async def counting_send(message):
+            if state["too_large"] and not state["started"]:
+                return  # the 413 below replaces whatever the route made of the cut body (a form parser: 400)
             if message["type"] == "http.response.start":
+                state["started"] = True
                 status["code"] = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, counting_send)
+            try:
+                await self.app(scope, limited_receive, counting_send)
+            except Exception:
+                if not state["too_large"]:
+                    raise
+            if state["too_large"] and not state["started"]:
+                status["code"] = 413
+                await self._too_large(send)
         finally:
             self._count(scope, status["code"])
 

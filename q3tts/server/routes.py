@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .errors import APIError
 from .protocol import SpeechRequest
+from .security import key_matches
 from .speech import SpeechService
 from .stream import StreamSession
 
@@ -21,7 +22,7 @@ def key_ok(app_state, authorization: Optional[str], query_key: Optional[str] = N
         return True
     scheme, _, token = (authorization or "").partition(" ")
     given = token.strip() if scheme.lower() == "bearer" else None
-    return (given or query_key) in keys
+    return key_matches(keys, given or query_key)
 
 
 def require_key(request: Request) -> None:

@@ -48,6 +48,12 @@ FLAGS = [  # (flag, settings field, type, help)
     ("--max-text-chars", "max_text_chars", int, "longest input text (default 5000)"),
     ("--max-upload-bytes", "max_upload_bytes", int, "largest reference audio file (default 20 MB)"),
     ("--max-reference-seconds", "max_reference_seconds", float, "longest reference audio (default 60)"),
+    (
+        "--max-new-tokens",
+        "max_new_tokens",
+        int,
+        "most codec frames (+1) a request may generate, and the default length cap (default: the checkpoint's, 2048)",
+    ),
     ("--request-timeout", "request_timeout", float, "seconds a request may generate (default 600)"),
     ("--chunk-frames", "chunk_frames", int, "codec frames per streamed chunk (default 4 = 320 ms)"),
     ("--first-chunk-frames", "first_chunk_frames", int, "codec frames in the first chunk (default 1)"),

@@ -20,6 +20,7 @@ from ..audio import SAMPLE_RATE
 from ..serving import SpeechScheduler
 from .errors import install_handlers
 from .metrics import Metrics, RequestMiddleware
+from .openapi import install_openapi
 from .routes import ops, v1
 from .security import GuardMiddleware, HostPolicy, install_log_redaction, key_matches
 from .settings import Settings
@@ -61,6 +62,7 @@ def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = No
     install_handlers(app)
     app.include_router(v1)
     app.include_router(ops)
+    install_openapi(app)
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics,
                        max_body=settings.max_upload_bytes * 4 // 3 + (1 << 20))  # base64 + form overhead  # fmt: skip
     app.state.models = _mount_ui(app, settings, tts) if settings.ui else None

@@ -66,6 +66,23 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]
     return (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), param
 
 
+def _flat_routes(routes):
+    """Routes, with included routers opened (FastAPI keeps each as one entry of candidate routes)."""
+    for route in routes:
+        candidates = getattr(route, "effective_candidates", None)
+        yield from (candidates() if callable(candidates) else [route])
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at `path` (HEAD comes with GET)."""
+    methods: set[str] = set()
+    for route in _flat_routes(app.router.routes):
+        regex, served = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and served and regex.match(path):
+            methods |= set(served)
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -74,7 +91,13 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
-        return error_response(exc.status_code, str(exc.detail), None, None, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+            methods = allowed_methods(app, request.url.path)
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
+            message = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(methods)}"
+            return error_response(405, message, "method_not_allowed", None, headers)
+        return error_response(exc.status_code, str(exc.detail), None, None, headers)
 
     async def _known(request: Request, exc: Exception):
         e = as_api_error(exc)

@@ -76,3 +76,66 @@ class StreamSessionConfig(VoiceOptions):
 
     type: Literal["session.config"] = "session.config"
     response_format: Literal["pcm", "wav"] = "pcm"
+
+
+# -- responses (for the OpenAPI document; the routes return plain dicts in these shapes) ------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class SavedVoice(BaseModel):
+    name: str
+    created: float  # unix time
+    mode: Literal["icl", "x_vector"]
+    ref_text: Optional[str] = None
+    duration: Optional[float] = None  # seconds of reference audio
+
+
+class VoiceList(BaseModel):
+    voices: list[str]  # what `voice` takes on this server
+    builtin_voices: list[str]
+    uploaded_voices: list[SavedVoice]
+
+
+class VoiceCreated(BaseModel):
+    success: bool
+    voice: SavedVoice
+
+
+class VoiceDeleted(BaseModel):
+    id: str
+    object: Literal["voice"]
+    deleted: bool
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    model: Optional[str] = None
+    kind: Optional[TaskType] = None
+    uptime_s: Optional[float] = None
+    reason: Optional[str] = None

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(5000, ge=1)  # per request (and per WebSocket sentence buffer)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)  # one reference audio file
     max_reference_seconds: float = Field(60.0, gt=0, le=60.0)  # the model takes 1-60 s references
+    # The most codec frames (+1) one request may generate, and the length cap of requests that set
+    # none; None: the checkpoint's own default (2048), up to 8192 on request.
+    max_new_tokens: Optional[int] = Field(None, ge=2, le=8192)
     request_timeout: float = Field(600.0, gt=0)  # seconds a request may generate before it is cut
     chunk_frames: int = Field(4, ge=1)  # codec frames (80 ms each) per streamed audio chunk
     first_chunk_frames: int = Field(1, ge=1)  # a small first chunk: earliest audio

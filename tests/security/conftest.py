@@ -67,14 +67,15 @@ def live(app, settings: Settings):
 
 
 @contextmanager
-def serve_process(checkpoint: Path, *flags: str, log: Path | None = None, env: dict | None = None):
-    """`python -m q3tts.server` as a real process; yields (base URL, Popen)."""
+def serve_process(checkpoint: Path, *flags: str, log: Path | None = None, env: dict | None = None,
+                  tree: Path = ROOT):  # fmt: skip
+    """`python -m q3tts.server` of the source `tree` as a real process; yields (base URL, Popen)."""
     port = free_port()
     cmd = [sys.executable, "-m", "q3tts.server", "--model", str(checkpoint), "--device", "cpu", "--port", str(port),
            "--no-warmup", *flags]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", **(env or {})}
     out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, cwd=tree, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc=proc)

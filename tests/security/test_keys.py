@@ -62,7 +62,9 @@ def test_query_string_keys_are_redacted_from_every_log_line(make_tiny, tmp_path)
         with ws_connect(url.replace("http", "ws") + "/v1/audio/speech/stream?api_key=wrong-" + SECRET) as ws:
             assert json.loads(ws.recv(timeout=10))["code"] == "invalid_api_key"
     text = log.read_text()
-    assert "api_key=[redacted]" in text and "/v1/models" in text, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert '"GET /v1/models?api_key=[redacted] HTTP/1.1" 401' in text, text[-2000:]  # the access log
+    assert "WebSocket /v1/audio/speech/stream?api_key=[redacted]" in text, text[-2000:]
     assert SECRET not in text, [line for line in text.splitlines() if SECRET in line]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 from conftest import serve_process, wav_bytes
@@ -18,9 +19,10 @@ def test_two_servers_share_one_voice_folder(make_tiny, tmp_path):
     folder = tmp_path / "shared-voices"
     checkpoint = make_tiny("base")
     flags = ("--no-ui", "--voices-dir", str(folder), "--log-level", "warning")
-    extra = {"PYTHONPATH": os.environ["Q3TTS_OLD_TREE"]} if os.environ.get("Q3TTS_OLD_TREE") else None
+    # Q3TTS_OLD_TREE=<a checkout>: run the same against older code (how the failure was reproduced)
+    tree = Path(os.environ.get("Q3TTS_OLD_TREE") or Path(__file__).resolve().parents[2])
     clip = wav_bytes(1.0)
-    with serve_process(checkpoint, *flags, env=extra) as (a, _), serve_process(checkpoint, *flags, env=extra) as (b, _):
+    with serve_process(checkpoint, *flags, tree=tree) as (a, _), serve_process(checkpoint, *flags, tree=tree) as (b, _):
         servers = (a, b)
 
         def upload(i: int) -> int:
@@ -54,7 +56,6 @@ def test_two_voice_libraries_in_two_processes_share_one_folder(tmp_path):
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
     folder, go = tmp_path / "voices", tmp_path / "go"
     worker = Path(__file__).with_name("voice_library_worker.py")

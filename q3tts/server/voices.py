@@ -18,7 +18,7 @@ instead of reading under a shared lock and failing at once with "database is loc
 readers both try to write (SQLite cannot wait there: one of them must roll back). A lock still
 held past the timeout is retried, so a request waits rather than fails. The journal stays in
 the default rollback mode: WAL needs shared memory, which network file systems do not give.
-For many replicas, the PostgreSQL store is the answer.
+For many replicas, the answer is the PostgreSQL store of the scale-out issue, not this folder.
 """
 
 from __future__ import annotations

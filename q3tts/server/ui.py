@@ -535,8 +535,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     app.get("/favicon.ico", include_in_schema=False)(lambda: Response(status_code=204))
     mount_ui(app, models, Path(args.voices_dir) if args.voices_dir else default_voices_dir())
     app.add_middleware(GuardMiddleware, policy=HostPolicy(args.host), max_headers=100)  # as `q3tts serve`
-    uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-                log_level="warning")  # fmt: skip
+    from .listen import uvicorn_config
+    from .settings import Settings
+
+    try:
+        limits = Settings(host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+    except ValueError as e:  # pydantic's ValidationError: e.g. a port out of range
+        p.error(one_line(str(e)))
+    uvicorn.Server(uvicorn_config(app, limits, log_level="warning")).run()  # the limits of `q3tts serve`
     return 0
 
 

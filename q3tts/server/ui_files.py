@@ -42,15 +42,17 @@ class _Client:
     def __init__(self):
         self.uploads: set[str] = set()  # real paths /upload returned to this client
         self.downloads: set[str] = set()  # uploads + files in outputs sent to it
-        self.decoded: OrderedDict[str, np.ndarray] = OrderedDict()  # upload path -> 24 kHz audio
 
 
 class UploadRegistry:
-    """Per-client file sets (at most `max_clients`, least recently seen dropped first)."""
+    """Per-client file sets (at most `max_clients`, least recently seen dropped first), and the
+    last `max_decoded` decoded uploads of all clients (a 60 s clip is 5.8 MB as float32, so at
+    most about 90 MB)."""
 
-    def __init__(self, max_clients: int = 256, max_files: int = 256, max_decoded: int = 4):
+    def __init__(self, max_clients: int = 256, max_files: int = 256, max_decoded: int = 16):
         self.max_clients, self.max_files, self.max_decoded = max_clients, max_files, max_decoded
         self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._decoded: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (client, path) -> audio
         self._lock = threading.Lock()
 
     def _client(self, token: str) -> _Client:
@@ -102,21 +104,19 @@ class UploadRegistry:
         of it) removed from the cache; later calls with the same path reuse the decoded audio."""
         if not self.owns_upload(token, path):
             raise UploadRefused("this file was not uploaded in this browser session; upload the clip again")
-        real = _real(path)
+        key = (token, _real(path))
         with self._lock:
-            client = self._client(token)
-            if real in client.decoded:
-                client.decoded.move_to_end(real)
-                return client.decoded[real]
-        if not os.path.isfile(real):
+            if key in self._decoded:
+                self._decoded.move_to_end(key)
+                return self._decoded[key]
+        if not os.path.isfile(key[1]):
             raise UploadRefused("the uploaded clip is no longer on the server; upload it again")
-        wav = load(real)
+        wav = load(key[1])
         with self._lock:
-            client = self._client(token)
-            client.decoded[real] = wav
-            while len(client.decoded) > self.max_decoded:
-                client.decoded.popitem(last=False)
-        _remove_upload(Path(real))
+            self._decoded[key] = wav
+            while len(self._decoded) > self.max_decoded:
+                self._decoded.popitem(last=False)
+        _remove_upload(Path(key[1]))
         return wav
 
 

@@ -48,6 +48,9 @@ class SamplingOptions:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        # torch.Generator.manual_seed takes 0..2**64-1 (negatives wrap around; larger overflows).
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
 
     @property
     def greedy(self) -> bool:

@@ -339,6 +339,11 @@ def test_settings_from_environment_and_flags(monkeypatch):
     assert s.api_keys == ["a", "b"] and s.max_batch == 3
     s = settings_from_args(build_parser().parse_args(["--model", "m", "--port", "9", "--api-key", "k", "--no-warmup"]))
     assert (s.model, s.port, s.api_keys, s.warmup, s.max_batch) == ("m", 9, ["k"], False, 3)
+    monkeypatch.setenv("Q3TTS_ALLOWED_ORIGINS", "https://a.example, https://b.example")
+    args = ["--allowed-host", "tts.example", "--allowed-host", "*.lan", "--max-header-bytes", "4096"]
+    s = settings_from_args(build_parser().parse_args(args))
+    assert s.allowed_hosts == ["tts.example", "*.lan"] and s.max_header_bytes == 4096
+    assert s.allowed_origins == ["https://a.example", "https://b.example"]
 
 
 def test_q3tts_serve_help(capsys):

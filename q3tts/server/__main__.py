@@ -17,30 +17,61 @@ FLAGS = [  # (flag, settings field, type, help)
     ("--model", "model", str, "checkpoint folder or Hugging Face repo id"),
     ("--served-model-name", "served_model_name", str, "model id shown by /v1/models (default: --model)"),
     ("--host", "host", str, "address to listen on (default 127.0.0.1)"),
-    ("--port", "port", int, "port (default 8000)"),
+    ("--port", "port", int, "port, 1-65535 (default 8000)"),
+    (
+        "--allowed-host",
+        "allowed_hosts",
+        str,
+        "serve this Host name too (repeat; *.example.com, or * behind a proxy "
+        "that checks Host); served anyway: the bound host, localhost, this machine's names, IP addresses",
+    ),
+    (
+        "--allowed-origin",
+        "allowed_origins",
+        str,
+        "let web pages from this origin post and open the WebSocket (repeat; e.g. https://app.example.com, or *)",
+    ),
     ("--device", "device", str, "auto, cpu, cuda, cuda:1, mps"),
     ("--dtype", "dtype", str, "auto, float32, bfloat16, float16"),
     ("--quantize", "quantize", str, "int8: int8 talker and code-predictor weights (CPU only)"),
     ("--voices-dir", "voices_dir", str, "saved voices (default: as `q3tts voices`, ~/.local/share/q3tts/voices)"),
-    ("--api-key", "api_keys", str, "require `Authorization: Bearer KEY` on /v1/* (repeat for several keys)"),
+    (
+        "--api-key",
+        "api_keys",
+        str,
+        "require `Authorization: Bearer KEY` on /v1/* (repeat for several keys); "
+        "visible to every user in the process list: prefer Q3TTS_API_KEYS=k1,k2 or --api-key-file",
+    ),
+    ("--api-key-file", "api_key_file", str, "read API keys from this file, one per line"),
     ("--max-batch", "max_batch", int, "requests generated together (default 16)"),
     ("--max-queue", "max_queue", int, "requests waiting before 429 (default 64)"),
     ("--max-text-chars", "max_text_chars", int, "longest input text (default 5000)"),
     ("--max-upload-bytes", "max_upload_bytes", int, "largest reference audio file (default 20 MB)"),
     ("--max-reference-seconds", "max_reference_seconds", float, "longest reference audio (default 60)"),
+    (
+        "--max-new-tokens",
+        "max_new_tokens",
+        int,
+        "most codec frames (+1) a request may generate, and the default length cap (default: the checkpoint's, 2048)",
+    ),
     ("--request-timeout", "request_timeout", float, "seconds a request may generate (default 600)"),
     ("--chunk-frames", "chunk_frames", int, "codec frames per streamed chunk (default 4 = 320 ms)"),
     ("--first-chunk-frames", "first_chunk_frames", int, "codec frames in the first chunk (default 1)"),
     ("--ui-model", "ui_models", str, "another checkpoint the web UI may load, NAME=PATH (repeat for more)"),
     ("--ssl-certfile", "ssl_certfile", str, "serve HTTPS with this certificate (PEM)"),
     ("--ssl-keyfile", "ssl_keyfile", str, "the certificate's private key (PEM)"),
+    ("--max-header-bytes", "max_header_bytes", int, "largest request head, 431 beyond (default 32768)"),
+    ("--header-timeout", "header_timeout", float, "seconds a client has to send a request head (default 10)"),
+    ("--keep-alive-timeout", "keep_alive_timeout", int, "seconds an idle connection stays open (default 5)"),
+    ("--max-connections", "max_connections", int, "open connections before 503 (default 1024)"),
 ]
+REPEATED = ("api_keys", "ui_models", "allowed_hosts", "allowed_origins")
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="q3tts serve", description="OpenAI-compatible speech server")
     for flag, field, kind, text in FLAGS:
-        extra = {"action": "append"} if field in ("api_keys", "ui_models") else {}
+        extra = {"action": "append"} if field in REPEATED else {}
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text, **extra)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up")
     parser.add_argument("--no-ui", dest="ui", action="store_false", default=None, help="no web UI at /ui")
@@ -60,11 +91,14 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .listen import uvicorn_config
 
     try:
         settings = settings_from_args(args)
     except ValidationError as e:  # a bad flag or Q3TTS_* value: one line, not a traceback
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(
+            ": ".join(filter(None, (".".join(map(str, err["loc"])), err["msg"]))) for err in e.errors()
+        )
         print(f"q3tts serve: error: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -75,16 +109,7 @@ def serve(args: argparse.Namespace) -> int:
         holder["server"].should_exit = True
 
     app = create_app(settings, on_fatal=stop)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=args.log_level,
-            ssl_certfile=settings.ssl_certfile,
-            ssl_keyfile=settings.ssl_keyfile,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level))
     holder["server"] = server
     server.run()
     return 1 if holder.get("failed") else 0

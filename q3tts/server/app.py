@@ -20,7 +20,9 @@ from ..audio import SAMPLE_RATE
 from ..serving import SpeechScheduler
 from .errors import install_handlers
 from .metrics import Metrics, RequestMiddleware
+from .openapi import install_openapi
 from .routes import ops, v1
+from .security import GuardMiddleware, HostPolicy, install_log_redaction, key_matches
 from .settings import Settings
 from .speech import SpeechService
 from .voices import VoiceLibrary
@@ -60,9 +62,14 @@ def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = No
     install_handlers(app)
     app.include_router(v1)
     app.include_router(ops)
+    install_openapi(app)
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics,
                        max_body=settings.max_upload_bytes * 4 // 3 + (1 << 20))  # base64 + form overhead  # fmt: skip
     app.state.models = _mount_ui(app, settings, tts) if settings.ui else None
+    # Outermost: a foreign Host or browser Origin is refused before any route (the UI's too) runs.
+    policy = HostPolicy(settings.host, settings.allowed_hosts, settings.allowed_origins)
+    app.add_middleware(GuardMiddleware, policy=policy, max_headers=settings.max_headers)
+    install_log_redaction()
     return app
 
 
@@ -83,9 +90,9 @@ def _mount_ui(app: FastAPI, settings: Settings, tts: Optional[Qwen3TTS]):
             specs = {settings.model_id: settings.model, **specs}
         models = ModelManager(specs, device=settings.device, dtype=settings.dtype, max_batch=settings.max_batch,
                               max_queue=settings.max_queue, quantize=settings.quantize)  # fmt: skip
-        keys = set(settings.api_keys)
+        keys = list(settings.api_keys)
         # With API keys set, the UI asks for one too (as the password; any user name).
-        auth = (lambda _user, password: password in keys) if keys else None
+        auth = (lambda _user, password: key_matches(keys, password)) if keys else None
         # The UI writes voices through the same crash-safe, indexed library the API serves.
         app.state.voice_library = VoiceLibrary(settings.voices_dir)
         mount_ui(app, models, app.state.voice_library, auth=auth)

@@ -10,15 +10,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..api import InputError
 from ..audio import AudioError
+from ..errors import Q3TTSError
 from ..serving import QueueFull, SchedulerClosed
 from .metrics import BodyTooLarge
 
 log = logging.getLogger("q3tts.server")
 
-TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
-         413: "request_too_large", 429: "rate_limit_error", 503: "service_unavailable"}  # fmt: skip
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+         405: "invalid_request_error", 409: "conflict_error", 413: "request_too_large", 429: "rate_limit_error",
+         431: "request_too_large", 503: "service_unavailable", 504: "timeout_error"}  # fmt: skip
 
 
 class APIError(Exception):
@@ -41,7 +42,7 @@ def as_api_error(e: Exception) -> APIError:
     """The library's exceptions, as the HTTP errors they stand for."""
     if isinstance(e, APIError):
         return e
-    if isinstance(e, (InputError, AudioError)):
+    if isinstance(e, (Q3TTSError, AudioError)):  # every user-facing error of the library is the client's mistake
         return APIError(400, str(e), "invalid_input")
     if isinstance(e, BodyTooLarge):
         return APIError(413, str(e), "body_too_large")
@@ -65,6 +66,23 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]
     return (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), param
 
 
+def _flat_routes(routes):
+    """Routes, with included routers opened (FastAPI keeps each as one entry of candidate routes)."""
+    for route in routes:
+        candidates = getattr(route, "effective_candidates", None)
+        yield from (candidates() if callable(candidates) else [route])
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at `path` (HEAD comes with GET)."""
+    methods: set[str] = set()
+    for route in _flat_routes(app.router.routes):
+        regex, served = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and served and regex.match(path):
+            methods |= set(served)
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -73,11 +91,17 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
-        return error_response(exc.status_code, str(exc.detail), None, None, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+            methods = allowed_methods(app, request.url.path)
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
+            message = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(methods)}"
+            return error_response(405, message, "method_not_allowed", None, headers)
+        return error_response(exc.status_code, str(exc.detail), None, None, headers)
 
     async def _known(request: Request, exc: Exception):
         e = as_api_error(exc)
         return error_response(e.status, e.message, e.code, e.param)
 
-    for cls in (APIError, InputError, AudioError, BodyTooLarge, QueueFull, SchedulerClosed, Exception):
+    for cls in (APIError, Q3TTSError, AudioError, BodyTooLarge, QueueFull, SchedulerClosed, Exception):
         app.add_exception_handler(cls, _known)  # Exception: a 500 in the same shape, never a traceback

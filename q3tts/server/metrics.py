@@ -75,23 +75,49 @@ class RequestMiddleware:
             self._count(scope, 413)
             return
         received = 0
+        state = {"started": False, "too_large": False, "body_done": False}
+
+        def count(message) -> None:
+            nonlocal received
+            if message["type"] != "http.request":
+                state["body_done"] = True
+                return
+            received += len(message.get("body", b""))
+            state["body_done"] = not message.get("more_body", False)
+            if received > self.max_body:
+                state["too_large"] = True
 
         async def limited_receive():
-            nonlocal received
+            if state["too_large"]:
+                return {"type": "http.disconnect"}
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise BodyTooLarge(f"the request body is over {self.max_body} bytes")
+            count(message)
+            if state["too_large"]:
+                raise BodyTooLarge(f"the request body is over {self.max_body} bytes")
             return message
 
         async def counting_send(message):
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                # An error before the body was read (a form parser refusing its first bytes): read
+                # on, to say 413 rather than 400 if the body was too large anyway.
+                while not state["body_done"] and not state["too_large"]:
+                    count(await receive())
+            if state["too_large"] and not state["started"]:
+                return  # the 413 below replaces whatever the route made of the cut body
             if message["type"] == "http.response.start":
+                state["started"] = True
                 status["code"] = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, counting_send)
+            try:
+                await self.app(scope, limited_receive, counting_send)
+            except Exception:
+                if not state["too_large"]:
+                    raise
+            if state["too_large"] and not state["started"]:
+                status["code"] = 413
+                await self._too_large(send)
         finally:
             self._count(scope, status["code"])
 

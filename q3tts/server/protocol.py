@@ -10,6 +10,16 @@ ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 TaskType = Literal["CustomVoice", "VoiceDesign", "Base"]
 TASK_OF_KIND = {"custom_voice": "CustomVoice", "voice_design": "VoiceDesign", "base": "Base"}
 OPENAI_MODEL_NAMES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # accepted as aliases of the served model
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0..2**64-1 (larger: OverflowError)
+
+
+def unicode_problem(text: str) -> Optional[str]:
+    """Why `text` cannot be encoded as UTF-8 (a lone surrogate, which JSON's \\ud800 escapes can carry), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"a lone surrogate (U+{ord(text[e.start]):04X}) at character {e.start} is not text"
+    return None
 
 
 class VoiceOptions(BaseModel):
@@ -25,7 +35,7 @@ class VoiceOptions(BaseModel):
     # generation
     max_new_tokens: Optional[int] = Field(None, ge=2, le=8192)  # codec frames (+1), 12.5 per second
     min_new_tokens: Optional[int] = Field(None, ge=0, le=8192)  # no end of speech before this many steps
-    seed: Optional[int] = Field(None, ge=0)
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_k: Optional[int] = Field(None, ge=0)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
@@ -39,6 +49,13 @@ class VoiceOptions(BaseModel):
             if not isinstance(value.get("id"), str):
                 raise ValueError('a voice object needs a string "id"')
             return value["id"]
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value):
+        if isinstance(value, str) and (problem := unicode_problem(value)):
+            raise ValueError(problem)
         return value
 
     def generation_kwargs(self) -> dict:
@@ -59,3 +76,66 @@ class StreamSessionConfig(VoiceOptions):
 
     type: Literal["session.config"] = "session.config"
     response_format: Literal["pcm", "wav"] = "pcm"
+
+
+# -- responses (for the OpenAPI document; the routes return plain dicts in these shapes) ------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class SavedVoice(BaseModel):
+    name: str
+    created: float  # unix time
+    mode: Literal["icl", "x_vector"]
+    ref_text: Optional[str] = None
+    duration: Optional[float] = None  # seconds of reference audio
+
+
+class VoiceList(BaseModel):
+    voices: list[str]  # what `voice` takes on this server
+    builtin_voices: list[str]
+    uploaded_voices: list[SavedVoice]
+
+
+class VoiceCreated(BaseModel):
+    success: bool
+    voice: SavedVoice
+
+
+class VoiceDeleted(BaseModel):
+    id: str
+    object: Literal["voice"]
+    deleted: bool
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    model: Optional[str] = None
+    kind: Optional[TaskType] = None
+    uptime_s: Optional[float] = None
+    reason: Optional[str] = None

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Annotated, Optional
 
-from fastapi import APIRouter, Depends, Request, WebSocket
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..voices import VOICE_NAME
 from .errors import APIError
-from .protocol import SpeechRequest
+from .openapi import audio_responses, errors
+from .protocol import Health, ModelList, Readiness, SpeechRequest, VoiceCreated, VoiceDeleted, VoiceList
+from .security import key_matches
 from .speech import SpeechService
 from .stream import StreamSession
 
@@ -21,7 +24,7 @@ def key_ok(app_state, authorization: Optional[str], query_key: Optional[str] = N
         return True
     scheme, _, token = (authorization or "").partition(" ")
     given = token.strip() if scheme.lower() == "bearer" else None
-    return (given or query_key) in keys
+    return key_matches(keys, given or query_key)
 
 
 def require_key(request: Request) -> None:
@@ -36,42 +39,48 @@ def service(request: Request) -> SpeechService:
     return s
 
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+# Every /v1 route can answer 401 (keys configured) and 503 (loading); state-changing ones 403 (Origin).
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=errors(401, 503))
 ops = APIRouter()
+NAME_FIELD = {"pattern": f"^{VOICE_NAME.pattern}$", "maxLength": 100}
 
 
-@v1.post("/audio/speech")
+@v1.post("/audio/speech", response_class=StreamingResponse,
+         responses={**audio_responses(), **errors(400, 403, 404, 413, 429, 504)})  # fmt: skip
 async def create_speech(body: SpeechRequest, svc: SpeechService = Depends(service)):
     stream, media_type, headers = await svc.speech(body)
     return StreamingResponse(stream, media_type=media_type, headers=headers)
 
 
-@v1.get("/audio/voices")
+@v1.get("/audio/voices", response_model=VoiceList)
 async def list_voices(svc: SpeechService = Depends(service)):
     return svc.list_voices()
 
 
-@v1.post("/audio/voices", status_code=201)
-async def create_voice(request: Request, svc: SpeechService = Depends(service)):
+@v1.post("/audio/voices", status_code=201, response_model=VoiceCreated, responses=errors(400, 403, 409, 413))
+async def create_voice(
+    name: Annotated[str, Form(description="the voice's name", json_schema_extra=NAME_FIELD)],
+    audio_sample: Annotated[Optional[UploadFile], File(description="reference audio, 1-60 s")] = None,
+    audio: Annotated[Optional[UploadFile], File(description="another name for audio_sample")] = None,
+    ref_text: Annotated[Optional[str], Form(description="its transcript: in-context cloning")] = None,
+    x_vector_only_mode: Annotated[bool, Form(description="clone the timbre only")] = False,
+    svc: SpeechService = Depends(service),
+):
     """multipart/form-data: name, audio_sample (or audio) file, optional ref_text and x_vector_only_mode."""
-    form = await request.form()
-    upload = form.get("audio_sample") or form.get("audio")
-    name = form.get("name")
-    if not hasattr(upload, "read") or not isinstance(name, str):
+    upload = audio_sample or audio
+    if upload is None:
         raise APIError(400, "send multipart/form-data with `name` and an `audio_sample` file", "missing_field")
-    ref_text = form.get("ref_text")
-    x_vector_only = str(form.get("x_vector_only_mode", "false")).lower() in ("1", "true", "yes", "on")
-    audio = await upload.read(svc.settings.max_upload_bytes + 1)
-    voice = await svc.create_voice(name, audio, ref_text if isinstance(ref_text, str) else None, x_vector_only)
+    data = await upload.read(svc.settings.max_upload_bytes + 1)
+    voice = await svc.create_voice(name, data, ref_text, x_vector_only_mode)
     return {"success": True, "voice": voice}
 
 
-@v1.delete("/audio/voices/{name}")
+@v1.delete("/audio/voices/{name}", response_model=VoiceDeleted, responses=errors(403, 404))
 async def delete_voice(name: str, svc: SpeechService = Depends(service)):
     return svc.delete_voice(name)
 
 
-@v1.get("/models")
+@v1.get("/models", response_model=ModelList)
 async def list_models(request: Request):
     st = request.app.state
     model = {"id": st.settings.model_id, "object": "model", "created": int(st.started), "owned_by": "q3tts"}
@@ -91,12 +100,13 @@ async def speech_stream(ws: WebSocket):
     await StreamSession(ws, st.service).run()
 
 
-@ops.get("/health")
+@ops.get("/health", response_model=Health)
 async def health():
     return {"status": "ok"}
 
 
-@ops.get("/ready")
+@ops.get("/ready", response_model=Readiness, response_model_exclude_none=True,
+         responses={503: {"model": Readiness, "description": "loading, or the model failed to load"}})  # fmt: skip
 async def ready(request: Request):
     st = request.app.state
     if st.service is None:
@@ -106,6 +116,8 @@ async def ready(request: Request):
             "uptime_s": round(time.time() - st.started, 1)}  # fmt: skip
 
 
-@ops.get("/metrics")
+@ops.get("/metrics", response_class=PlainTextResponse,
+         responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                          "description": "Prometheus text format"}})  # fmt: skip
 async def metrics(request: Request):
     return PlainTextResponse(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

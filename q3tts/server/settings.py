@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ..voices import default_voices_dir
@@ -17,7 +17,13 @@ class Settings(BaseSettings):
     model: str = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"  # checkpoint folder or Hugging Face repo id
     served_model_name: Optional[str] = None  # the id /v1/models lists; default: `model` as given
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
+    # Host names served besides the bound host, localhost and this machine's names (IP literals are
+    # always served): `*.example.com` for a domain, `*` for any (behind a proxy that checks Host).
+    allowed_hosts: Annotated[list[str], NoDecode] = []
+    # Web pages (origins) allowed to make state-changing requests and open the WebSocket, besides
+    # the server's own pages: `https://app.example.com`, or `*` for any.
+    allowed_origins: Annotated[list[str], NoDecode] = []
     device: str = "auto"
     dtype: str = "auto"
     quantize: Optional[Literal["none", "int8"]] = None  # "int8": int8 talker/code-predictor weights (CPU only)
@@ -27,11 +33,15 @@ class Settings(BaseSettings):
     # Keys accepted as `Authorization: Bearer KEY` on /v1/*; empty = open. The environment
     # variable takes a comma-separated list: Q3TTS_API_KEYS=key1,key2
     api_keys: Annotated[list[str], NoDecode] = []
+    api_key_file: Optional[Path] = None  # more keys, one per line (keeps them out of the process list)
     max_batch: int = Field(16, ge=1)  # requests generated together (continuous batching)
     max_queue: int = Field(64, ge=0)  # requests waiting for a batch slot before 429
     max_text_chars: int = Field(5000, ge=1)  # per request (and per WebSocket sentence buffer)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)  # one reference audio file
     max_reference_seconds: float = Field(60.0, gt=0, le=60.0)  # the model takes 1-60 s references
+    # The most codec frames (+1) one request may generate, and the length cap of requests that set
+    # none; None: the checkpoint's own default (2048), up to 8192 on request.
+    max_new_tokens: Optional[int] = Field(None, ge=2, le=8192)
     request_timeout: float = Field(600.0, gt=0)  # seconds a request may generate before it is cut
     chunk_frames: int = Field(4, ge=1)  # codec frames (80 ms each) per streamed audio chunk
     first_chunk_frames: int = Field(1, ge=1)  # a small first chunk: earliest audio
@@ -42,13 +52,33 @@ class Settings(BaseSettings):
     ui_models: Annotated[list[str], NoDecode] = []
     ssl_certfile: Optional[str] = None  # HTTPS (browsers only allow the microphone on secure pages)
     ssl_keyfile: Optional[str] = None
+    # Connection limits (measured in docs/server.md): a request head larger than this is refused
+    # with 431 and its connection closed, so held-open headers cost at most this much each.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    max_headers: int = Field(100, ge=8, le=10000)  # header lines per request (431 beyond)
+    header_timeout: float = Field(10.0, gt=0)  # seconds to send a whole request head (slow clients are cut)
+    keep_alive_timeout: int = Field(5, ge=1)  # seconds an idle keep-alive connection stays open
+    max_connections: int = Field(1024, ge=1)  # open connections before new requests get 503
 
-    @field_validator("api_keys", "ui_models", mode="before")
+    @field_validator("api_keys", "ui_models", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _split_keys(cls, value):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _read_key_file(self):
+        if self.api_key_file is not None:
+            try:
+                text = Path(self.api_key_file).expanduser().read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"cannot read the API key file {self.api_key_file}: {e.__class__.__name__}") from None
+            keys = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            if not keys:
+                raise ValueError(f"the API key file {self.api_key_file} holds no key")
+            self.api_keys = [*self.api_keys, *(k for k in keys if k not in self.api_keys)]
+        return self
 
     @property
     def model_id(self) -> str:

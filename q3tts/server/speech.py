@@ -57,6 +57,11 @@ class SpeechService:
         if len(text) > limit:
             raise APIError(400, f"input is {len(text)} characters; at most {limit} are allowed", "text_too_long",
                            "input")  # fmt: skip
+        cap = self.settings.max_new_tokens
+        for field in ("max_new_tokens", "min_new_tokens"):
+            if cap is not None and (getattr(o, field) or 0) > cap:
+                raise APIError(400, f"{field} is {getattr(o, field)}; this server allows at most {cap}",
+                               "too_many_tokens", field)  # fmt: skip
         kwargs = await self._voice_kwargs(o)
         utts = await asyncio.to_thread(self.tts.utterances, text, language=o.language, **kwargs)
         return utts[0]
@@ -110,8 +115,11 @@ class SpeechService:
     # -- generation -----------------------------------------------------------------------------
     def submit(self, utt: Utterance, o: VoiceOptions) -> SpeechJob:
         first = o.initial_codec_chunk_frames or self.settings.first_chunk_frames
+        options = o.generation_kwargs()
+        if self.settings.max_new_tokens is not None:
+            options.setdefault("max_new_tokens", self.settings.max_new_tokens)
         return self.scheduler.submit(utt, chunk_frames=self.settings.chunk_frames, first_chunk_frames=first,
-                                     **o.generation_kwargs())  # fmt: skip
+                                     **options)  # fmt: skip
 
     async def chunks(self, job: SpeechJob) -> AsyncIterator[np.ndarray]:
         """The job's audio, cut off after `request_timeout`; the job is cancelled if the consumer stops."""

@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .encoders import PCMEncoder, WAVEncoder
 from .errors import as_api_error
-from .protocol import StreamSessionConfig
+from .protocol import StreamSessionConfig, unicode_problem
 from .speech import SpeechService
 
 log = logging.getLogger("q3tts.server")
@@ -107,6 +107,8 @@ class StreamSession:
         elif kind == "input.text":
             if not isinstance(data.get("text"), str):
                 return await self.error('input.text needs a string "text"', "invalid_text")
+            if problem := unicode_problem(data["text"]):
+                return await self.error(f"input.text: {problem}", "invalid_text")
             self.buffer += data["text"]
             sentences, self.buffer = pop_sentences(self.buffer)
             if len(self.buffer) > self.service.settings.max_text_chars:  # no sentence end in sight

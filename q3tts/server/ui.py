@@ -32,6 +32,8 @@ from gradio import processing_utils
 from ..cli_progress import one_line
 from ..voices import default_voices_dir
 from .models import KINDS, ModelManager, ModelUnavailable, format_bytes, parse_model_specs
+from .security import GuardMiddleware, HostPolicy
+from .ui_files import UIFileGuard, UploadRefused, UploadRegistry, client_token
 from .voices import VoiceExists, VoiceLibrary, VoiceNotFound
 
 log = logging.getLogger("q3tts.ui")
@@ -55,7 +57,7 @@ def _expected() -> tuple[type[BaseException], ...]:
     from ..serving import QueueFull, SchedulerClosed
 
     return (InputError, AudioError, CheckpointError, ConfigError, QueueFull, SchedulerClosed, ModelUnavailable,
-            ValueError, OSError)  # fmt: skip
+            UploadRefused, ValueError, OSError)  # fmt: skip
 
 
 def _error(e: BaseException) -> gr.Error:
@@ -140,10 +142,19 @@ def _speaker_choices(info: Optional[dict]) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
+def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry] = None) -> gr.Blocks:
     """The UI over `models`. `voices_dir`: the voice library, a folder (as `q3tts voices` keeps it)
-    or a library object with list(), prompt(name), add(name, item, duration), delete(name)."""
+    or a library object with list(), prompt(name), add(name, item, duration), delete(name).
+    `uploads`: the files each browser uploaded (ui_files.py); the only files an input may name."""
     voices = VoiceLibrary(voices_dir) if isinstance(voices_dir, (str, os.PathLike)) else voices_dir
+    uploads = uploads if uploads is not None else UploadRegistry()
+
+    def uploaded_audio(request: Optional[gr.Request], path: str) -> tuple[np.ndarray, int]:
+        """A reference clip this browser uploaded, as (24 kHz audio, rate); never another server file."""
+        from ..audio import SAMPLE_RATE, load_audio
+
+        token = client_token({"headers": request.headers.raw}) if request is not None else None
+        return uploads.read_audio(token, path, load_audio), SAMPLE_RATE
 
     # -- helpers over the model manager and the voice library ------------------------------------
     def info(kind: str) -> Optional[dict]:
@@ -210,7 +221,8 @@ def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
             keep[:] = [wav, sr]
         yield gr.skip(), (sr, _int16(wav)), _stats(job, wall, load_seconds, note)
 
-    with gr.Blocks(title="Qwen3-TTS", analytics_enabled=False) as demo:
+    # Outputs (result clips) leave Gradio's cache after an hour, checked every 10 minutes.
+    with gr.Blocks(title="Qwen3-TTS", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown("## Qwen3-TTS")
         with gr.Accordion("Generation settings", open=False, elem_id="settings"):
             with gr.Row():
@@ -289,7 +301,7 @@ def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
                     vc_msg = gr.Markdown()
 
                 @_guarded
-                def run_clone(voice, ref, ref_text, xvec, language, text, *settings):
+                def run_clone(request: gr.Request, voice, ref, ref_text, xvec, language, text, *settings):
                     if voice and voice != NO_VOICE:
                         prompt = library("prompt", voice)
                         yield from speak("base", settings, text=text, language=language, voice_clone_prompt=prompt,
@@ -298,7 +310,8 @@ def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
                     if not ref:
                         raise gr.Error("upload or record a reference clip, or choose a saved voice")
                     ref_text = (ref_text or "").strip() or None
-                    yield from speak("base", settings, text=text, language=language, ref_audio=ref, ref_text=ref_text,
+                    yield from speak("base", settings, text=text, language=language,
+                                     ref_audio=uploaded_audio(request, ref), ref_text=ref_text,
                                      x_vector_only_mode=bool(xvec))  # fmt: skip
 
                 vc_inputs = [vc_voice, vc_ref, vc_ref_text, vc_xvec, vc_lang, vc_text, *settings]
@@ -440,19 +453,17 @@ def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
             return f"Deleted voice **{name}**.", *voice_views()
 
         @_guarded
-        def save_reference(ref, ref_text, xvec, name):
+        def save_reference(request: gr.Request, ref, ref_text, xvec, name):
             if not ref:
                 raise gr.Error("upload or record a reference clip first")
             if not (name or "").strip():
                 raise gr.Error("give a voice name")
             if not models.has("base"):
                 raise gr.Error("saving a voice needs a Base model; none is configured")
-            from ..audio import SAMPLE_RATE, load_audio
-
-            wav, ref_text = load_audio(ref), (ref_text or "").strip() or None
+            (wav, sr), ref_text = uploaded_audio(request, ref), (ref_text or "").strip() or None
             with models.use("base") as (tts, _):
-                item = tts.create_voice_clone_prompt((wav, SAMPLE_RATE), ref_text, bool(xvec))[0]
-            return save_voice(name, item, len(wav) / SAMPLE_RATE), *voice_views()
+                item = tts.create_voice_clone_prompt((wav, sr), ref_text, bool(xvec))[0]
+            return save_voice(name, item, len(wav) / sr), *voice_views()
 
         @_guarded
         def keep_and_list(state, name):
@@ -478,9 +489,14 @@ def build_ui(models: ModelManager, voices_dir) -> gr.Blocks:
 
 
 def mount_ui(app, models: ModelManager, voices_dir, path: str = "/ui", **kwargs):
-    """Mount the UI on a FastAPI `app` at `path`; `kwargs` go to gr.mount_gradio_app (e.g. auth=...)."""
-    kwargs = {"theme": THEME, "ssr_mode": False, "show_error": True, **kwargs}
-    return gr.mount_gradio_app(app, build_ui(models, voices_dir), path=path, **kwargs)
+    """Mount the UI on a FastAPI `app` at `path`, behind UIFileGuard (ui_files.py: each browser reads
+    and names only its own files); `kwargs` go to gr.mount_gradio_app (e.g. auth=...)."""
+    uploads = UploadRegistry()
+    # Gradio serves only the files named here besides its own cache; nothing outside is added.
+    kwargs = {"theme": THEME, "ssr_mode": False, "show_error": True, "allowed_paths": [], **kwargs}
+    mounted = gr.mount_gradio_app(app, build_ui(models, voices_dir, uploads), path=path, **kwargs)
+    app.add_middleware(UIFileGuard, path=path, uploads=uploads)
+    return mounted
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,8 +534,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     app.get("/", include_in_schema=False)(lambda: RedirectResponse("ui/"))
     app.get("/favicon.ico", include_in_schema=False)(lambda: Response(status_code=204))
     mount_ui(app, models, Path(args.voices_dir) if args.voices_dir else default_voices_dir())
-    uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-                log_level="warning")  # fmt: skip
+    app.add_middleware(GuardMiddleware, policy=HostPolicy(args.host), max_headers=100)  # as `q3tts serve`
+    from .listen import uvicorn_config
+    from .settings import Settings
+
+    try:
+        limits = Settings(host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+    except ValueError as e:  # pydantic's ValidationError: e.g. a port out of range
+        p.error(one_line(str(e)))
+    uvicorn.Server(uvicorn_config(app, limits, log_level="warning")).run()  # the limits of `q3tts serve`
     return 0
 
 

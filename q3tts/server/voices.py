@@ -11,11 +11,20 @@ An upload is written so that a crash at any point leaves either the whole voice 
   3. its row is inserted in a transaction.
 Only complete files ever carry a final name; a crash before 3 leaves a complete file that is
 adopted on the next start. Temporary files left by a crash are removed at start-up.
+
+Several processes may share one folder (replicas on a shared disk). Every transaction that may
+write starts with BEGIN IMMEDIATE: it takes the write lock first, waiting for it (busy timeout),
+instead of reading under a shared lock and failing at once with "database is locked" when two
+readers both try to write (SQLite cannot wait there: one of them must roll back). A lock still
+held past the timeout is retried, so a request waits rather than fails. The journal stays in
+the default rollback mode: WAL needs shared memory, which network file systems do not give.
+For many replicas, the answer is the PostgreSQL store of the scale-out issue, not this folder.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -31,6 +40,8 @@ from ..voices import VoiceClonePromptItem, check_voice_name, read_voice_header
 TEMP_PREFIX = ".upload-"
 DB_NAME = "voices.db"
 COLUMNS = "name, created, mode, ref_text, duration, file"
+BUSY_TIMEOUT = 10.0  # seconds SQLite waits for another process's lock, per attempt
+ATTEMPTS = 6  # then the whole transaction is retried, up to this many times
 SCHEMA = """CREATE TABLE IF NOT EXISTS voices (
     name TEXT PRIMARY KEY, created REAL NOT NULL, mode TEXT NOT NULL,
     ref_text TEXT, duration REAL, file TEXT NOT NULL)"""
@@ -86,21 +97,19 @@ class VoiceLibrary:
         self.db_path = self.folder / DB_NAME
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int], VoiceClonePromptItem] = {}
-        with self._db() as db:
+        with self._db(write=True) as db:
             db.execute(SCHEMA)
         for path in self.folder.iterdir():  # what a crash mid-upload leaves (ours, and save()'s own temp)
             if path.name.startswith((TEMP_PREFIX, "." + TEMP_PREFIX)) and path.is_file():
                 path.unlink(missing_ok=True)
         self.sync()
 
-    def _db(self) -> "_Transaction":
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)  # explicit transactions
-        db.execute("PRAGMA synchronous=FULL")
-        return _Transaction(db)
+    def _db(self, write: bool = False) -> "_Transaction":
+        return _Transaction(self.db_path, write)
 
     def sync(self) -> None:
         """Drop rows whose file is gone; adopt voice files that have no row."""
-        with self._lock, self._db() as db:
+        with self._lock, self._db(write=True) as db:
             rows = dict(db.execute("SELECT name, file FROM voices").fetchall())
             for name, file in rows.items():
                 if not (self.folder / file).is_file():
@@ -158,7 +167,7 @@ class VoiceLibrary:
                 except FileExistsError:
                     raise VoiceExists(name) from None
                 _fsync_dir(self.folder)
-                with self._db() as db:
+                with self._db(write=True) as db:
                     db.execute(f"INSERT OR REPLACE INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                                tuple(asdict(voice).values()))  # fmt: skip
         finally:
@@ -168,24 +177,40 @@ class VoiceLibrary:
     def delete(self, name: str) -> None:
         voice = self.get(name)
         with self._lock:
-            with self._db() as db:
+            with self._db(write=True) as db:
                 db.execute("DELETE FROM voices WHERE name = ?", (name,))
             (self.folder / voice.file).unlink(missing_ok=True)
             self._cache = {k: v for k, v in self._cache.items() if k[0] != name}
 
 
 class _Transaction:
-    """`with self._db() as db:` runs the statements in one transaction and closes the connection."""
+    """`with self._db(write) as db:` runs the statements in one transaction and closes the connection.
+    A "database is locked" on BEGIN (another process held the lock past the busy timeout) is retried."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, path: Path, write: bool):
+        self.path, self.begin = path, "BEGIN IMMEDIATE" if write else "BEGIN"
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN")
-        return self.db
+        for attempt in range(ATTEMPTS):
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)  # explicit transactions
+            try:
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute(self.begin)
+                self.db = db
+                return db
+            except sqlite3.OperationalError as e:
+                db.close()
+                if not _is_busy(e) or attempt == ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.01, 0.1) * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def __exit__(self, exc_type, *exc) -> None:
         try:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self.db.close()
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    return "locked" in str(e) or "busy" in str(e)

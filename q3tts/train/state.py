@@ -4,18 +4,24 @@
         trainable.safetensors   the trainable tensors only (the frozen rest is rebuilt from the base)
         speakers.safetensors    new speakers' embeddings
         optimizer.pt, scheduler.pt, [scaler.pt]
-        rng_state_<rank>.pt     python / numpy / torch (/ cuda) generators of every process
+        rng_state_<rank>.pt     python / numpy / torch (/ cuda) generators of every process, as
+                                tensors, ints and lists only
         trainer_state.json      step, best validation, log window, speaker ids, the full config
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a crash
 mid-save never leaves a half checkpoint under a real name (the previous ones stay intact).
 The data position is the step itself: the batch order is a function of (seed, epoch).
+
+Every `.pt` file is read with `torch.load(weights_only=True)`: tensors, numbers, strings and
+containers only, never arbitrary pickled objects, so a checkpoint folder from elsewhere cannot
+run code when it is resumed. What does not fit (numpy's generator state) is stored as tensors.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -50,18 +56,44 @@ def fresh_tmp(final: Path) -> Path:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors, ints, floats and lists (what weights_only loading takes)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },  # fmt: skip
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))  # fmt: skip
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_pt(path: Path):
+    """A `.pt` state file: weights_only (no code runs); a file that needs more is refused in one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: holds more than tensors and plain values, so it is not loaded ({first}); "
+                          "was it written by this version of q3tts?") from None  # fmt: skip
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -118,13 +150,13 @@ def load_into(path: Path, module: torch.nn.Module, optimizer, scheduler, scaler,
     with torch.no_grad():
         for name, value in saved.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    optimizer.load_state_dict(load_pt(path / "optimizer.pt"))
+    scheduler.load_state_dict(load_pt(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+        scaler.load_state_dict(load_pt(path / "scaler.pt"))
     rng = path / f"rng_state_{rank}.pt"
     if rng.exists():
-        set_rng_state(torch.load(rng, weights_only=False))
+        set_rng_state(load_pt(rng))
     return read_trainer_state(path)
 
 

@@ -1,0 +1,320 @@
+"""Which files the web UI may read and serve: only what each browser uploaded to it, or what it
+produced for that browser.
+
+Gradio alone is not enough here: an app mounted with `gr.mount_gradio_app` never "launches", and
+Gradio checks file paths in API inputs only for launched apps, so a client could pass any server
+path where an audio input is expected; Gradio copied the file into its cache (readable through
+`/gradio_api/file=`) and our handler cloned it. So, in front of the mounted UI, `UIFileGuard`:
+  - gives each browser a random client id (an HttpOnly, SameSite=Strict cookie);
+  - records the paths `/gradio_api/upload` returns to it, and the files in the outputs it is sent;
+  - refuses (403) any request whose JSON names a file that client did not upload, before Gradio
+    sees it, and serves `/gradio_api/file=PATH` (404 otherwise) only for that client's files;
+  - refuses `/gradio_api/proxy=` (the UI loads no remote Space).
+The UI's handlers check every input path again (`UploadRegistry.read_audio`) and delete an
+upload once it is decoded; the decoded audio stays in memory for reruns with the same clip."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+COOKIE = "q3tts_ui_client"
+MAX_JSON_BODY = 8 * 1024 * 1024  # a UI event body: text fields and file references, never file bytes
+
+
+class UploadRefused(Exception):
+    """A file path the client did not upload (or that was not produced for it)."""
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path)
+
+
+class _Client:
+    def __init__(self):
+        self.uploads: set[str] = set()  # real paths /upload returned to this client
+        self.downloads: set[str] = set()  # uploads + files in outputs sent to it
+
+
+class UploadRegistry:
+    """Per-client file sets (at most `max_clients`, least recently seen dropped first), and the
+    last `max_decoded` decoded uploads of all clients (a 60 s clip is 5.8 MB as float32, so at
+    most about 90 MB)."""
+
+    def __init__(self, max_clients: int = 256, max_files: int = 256, max_decoded: int = 16):
+        self.max_clients, self.max_files, self.max_decoded = max_clients, max_files, max_decoded
+        self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._decoded: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (client, path) -> audio
+        self._lock = threading.Lock()
+
+    def _client(self, token: str) -> _Client:
+        client = self._clients.pop(token, None) or _Client()
+        self._clients[token] = client
+        while len(self._clients) > self.max_clients:
+            self._clients.popitem(last=False)
+        return client
+
+    def add_uploads(self, token: str, paths: list[str]) -> None:
+        with self._lock:
+            client = self._client(token)
+            for path in paths:
+                client.uploads.add(_real(path))
+                client.downloads.add(_real(path))
+            _trim(client.uploads, self.max_files)
+
+    def add_outputs(self, token: str, paths: list[str]) -> None:
+        with self._lock:
+            client = self._client(token)
+            client.downloads.update(_real(p) for p in paths)
+            _trim(client.downloads, self.max_files)
+
+    def owns_upload(self, token: Optional[str], path: str) -> bool:
+        """`path` is an upload of this client, or the file Gradio converted it into (same folder and
+        stem, another suffix: gr.Audio writes `clip.wav` beside an uploaded `clip.mp3`)."""
+        if not token or not isinstance(path, str):
+            return False
+        real = Path(_real(path))
+        with self._lock:
+            client = self._clients.get(token)
+            if client is None:
+                return False
+            return any(Path(u).parent == real.parent and Path(u).stem == real.stem for u in client.uploads)
+
+    def may_download(self, token: Optional[str], path: str) -> bool:
+        if not token:
+            return False
+        with self._lock:
+            client = self._clients.get(token)
+            return client is not None and (_real(path) in client.downloads or self._is_upload(client, path))
+
+    def _is_upload(self, client: _Client, path: str) -> bool:
+        real = Path(_real(path))
+        return any(Path(u).parent == real.parent and Path(u).stem == real.stem for u in client.uploads)
+
+    def read_audio(self, token: Optional[str], path: str, load: Callable[[str], np.ndarray]) -> np.ndarray:
+        """The audio of an upload of this client: decoded once, then its file (and Gradio's conversion
+        of it) removed from the cache; later calls with the same path reuse the decoded audio."""
+        if not self.owns_upload(token, path):
+            raise UploadRefused("this file was not uploaded in this browser session; upload the clip again")
+        key = (token, _real(path))
+        with self._lock:
+            if key in self._decoded:
+                self._decoded.move_to_end(key)
+                return self._decoded[key]
+        if not os.path.isfile(key[1]):
+            raise UploadRefused("the uploaded clip is no longer on the server; upload it again")
+        wav = load(key[1])
+        with self._lock:
+            self._decoded[key] = wav
+            while len(self._decoded) > self.max_decoded:
+                self._decoded.popitem(last=False)
+        _remove_upload(Path(key[1]))
+        return wav
+
+
+def _trim(paths: set[str], limit: int) -> None:
+    while len(paths) > limit:
+        paths.pop()
+
+
+def _remove_upload(path: Path) -> None:
+    """The upload, its conversions (same stem) and its folder if that leaves it empty."""
+    for sibling in path.parent.glob(f"{path.stem}.*"):
+        sibling.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def file_paths(value) -> list[str]:
+    """Every `path` of a file-like object (a dict with a "path" or a gradio.FileData meta) in JSON data."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            meta = item.get("meta")
+            if "path" in item or (isinstance(meta, dict) and meta.get("_type") == "gradio.FileData"):
+                found.append(item.get("path") if isinstance(item.get("path"), str) else "")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def output_files(value) -> list[str]:
+    """The files in UI outputs: gradio.FileData objects with a local path."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            meta = item.get("meta")
+            path = item.get("path")
+            if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData" and isinstance(path, str):
+                found.append(path)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def client_token(scope) -> Optional[str]:
+    for name, value in scope.get("headers") or []:
+        if name == b"cookie":
+            cookie = SimpleCookie()
+            try:
+                cookie.load(value.decode("latin-1"))
+            except Exception:
+                continue
+            if COOKIE in cookie and len(cookie[COOKIE].value) == 43:
+                return cookie[COOKIE].value
+    return None
+
+
+class UIFileGuard:
+    """ASGI middleware in front of the UI mounted at `path` (see the module docstring)."""
+
+    def __init__(self, app, path: str, uploads: UploadRegistry):
+        self.app, self.prefix, self.uploads = app, path.rstrip("/"), uploads
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] not in ("http", "websocket") or not (
+            path == self.prefix or path.startswith(self.prefix + "/")
+        ):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await self.app(scope, receive, send)
+        token = client_token(scope)
+        new_token = None
+        if token is None:  # this browser's first request: the id it keeps for the session
+            token = new_token = secrets.token_urlsafe(32)
+            scope = dict(scope, headers=[*scope["headers"], (b"cookie", f"{COOKIE}={token}".encode())])
+        sub = path[len(self.prefix) :]
+        if "/proxy=" in sub:
+            return await _plain(send, 403, "the UI fetches no remote files", new_token, self.prefix)
+        if "/file=" in sub or sub.startswith(("/file/", "/gradio_api/file/")):
+            wanted = sub.split("/file=", 1)[1] if "/file=" in sub else sub.split("/file/", 1)[1]
+            if not self.uploads.may_download(token, wanted):
+                return await _plain(send, 404, "no such file for this browser session", new_token, self.prefix)
+            return await self.app(scope, receive, _with_cookie(send, new_token, self.prefix))
+        method = scope.get("method", "GET")
+        content_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if method == "POST" and content_type not in (b"multipart/form-data", b"application/x-www-form-urlencoded"):
+            body, receive = await _buffer(receive)
+            if body is None:
+                return await _plain(send, 413, "the UI request body is too large", new_token, self.prefix)
+            try:
+                data = json.loads(body) if body.strip() else None
+            except ValueError:
+                data = None  # not JSON: Gradio answers it
+            for file_path in file_paths(data):
+                if not self.uploads.owns_upload(token, file_path):
+                    return await _plain(send, 403, "a file input names a file that was not uploaded in this browser "
+                                        "session", new_token, self.prefix)  # fmt: skip
+        recorder = _OutputRecorder(self.uploads, token, upload=sub.endswith("/upload"))
+        await self.app(scope, receive, recorder.wrap(_with_cookie(send, new_token, self.prefix)))
+
+
+async def _buffer(receive):
+    """The whole request body (None if over MAX_JSON_BODY), and a receive that replays it."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_JSON_BODY:
+            return None, receive
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+def _with_cookie(send, token: Optional[str], prefix: str):
+    if token is None:
+        return send
+
+    async def send_with_cookie(message):
+        if message["type"] == "http.response.start":
+            cookie = f"{COOKIE}={token}; Path={prefix or '/'}; HttpOnly; SameSite=Strict"
+            message = dict(message, headers=[*message.get("headers", []), (b"set-cookie", cookie.encode())])
+        await send(message)
+
+    return send_with_cookie
+
+
+class _OutputRecorder:
+    """Reads the UI's responses as they pass: the paths /upload returns, and the files in outputs
+    (JSON bodies and Server-Sent Events `data:` lines)."""
+
+    def __init__(self, uploads: UploadRegistry, token: str, upload: bool):
+        self.uploads, self.token, self.upload = uploads, token, upload
+        self.kind = None  # "json" | "sse" | None (not read)
+        self.pending = b""
+
+    def wrap(self, send):
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                content_type = headers.get(b"content-type", b"").lower()
+                if b"text/event-stream" in content_type:
+                    self.kind = "sse"
+                elif b"json" in content_type and message.get("status", 200) < 300:
+                    self.kind = "json"
+            elif message["type"] == "http.response.body" and self.kind:
+                self.pending += message.get("body", b"")
+                if self.kind == "sse":
+                    *lines, self.pending = self.pending.split(b"\n")
+                    for line in lines:
+                        if line.startswith(b"data:"):
+                            self._record(line[5:])
+                elif not message.get("more_body"):
+                    self._record(self.pending)
+                    self.pending = b""
+                if len(self.pending) > MAX_JSON_BODY:  # nothing of ours is that large: stop reading
+                    self.kind, self.pending = None, b""
+            await send(message)
+
+        return recording_send
+
+    def _record(self, raw: bytes) -> None:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return
+        if self.upload and isinstance(data, list):
+            self.uploads.add_uploads(self.token, [p for p in data if isinstance(p, str)])
+        elif paths := output_files(data):
+            self.uploads.add_outputs(self.token, paths)
+
+
+async def _plain(send, status: int, message: str, token: Optional[str], prefix: str) -> None:
+    from .errors import error_body
+
+    body = json.dumps(error_body(status, message, "file_not_allowed")).encode()
+    send = _with_cookie(send, token, prefix)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})

@@ -34,24 +34,6 @@ class UsageError(Q3TTSError):
     pass
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [Q3TTSError, OSError]
-    for module, name in (
-        ("checkpoint", "CheckpointError"),
-        ("config", "ConfigError"),
-        ("text", "TokenizerError"),
-        ("audio", "AudioError"),
-        ("api", "InputError"),
-        ("speech_tokenizer", "CodesError"),
-        ("quant", "QuantizationError"),
-    ):
-        try:
-            errors.append(getattr(__import__(f"q3tts.{module}", fromlist=[name]), name))
-        except Exception:  # pragma: no cover - a broken install still gets a one-line message
-            pass
-    return tuple(errors)
-
-
 def _error_text(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
@@ -950,7 +932,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 141
     except SystemExit as e:  # bench's own parser
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except _expected_errors() as e:
+    except (Q3TTSError, OSError) as e:  # the user's input, files or settings: one line, no traceback
         clear_status()
         print(f"q3tts: error: {_error_text(e)}", file=sys.stderr)
         return 1

@@ -7,12 +7,12 @@ import sys
 from ..console import one_line
 from .common import UsageError, _Parser
 
+TRAIN_EXTRA = "fine-tuning needs the `train` extra (pip install 'q3tts[train]')"
+
 
 def cmd_bench(args) -> int:
-    import importlib
-
     try:
-        bench = importlib.import_module("q3tts.bench")
+        from .. import bench
     except ModuleNotFoundError as e:
         if e.name == "q3tts.bench":
             raise UsageError("the bench command is not available: q3tts/bench.py is missing") from None
@@ -24,15 +24,7 @@ def cmd_bench(args) -> int:
     return bench.run(parser.parse_args(args.extra))
 
 
-def _train_entry(module: str, argv: list[str]) -> int:
-    import importlib
-
-    try:
-        entry = importlib.import_module(f"q3tts.train.{module}").main
-    except ImportError as e:
-        raise UsageError(
-            f"fine-tuning needs the `train` extra (pip install 'q3tts[train]'): {one_line(str(e))}"
-        ) from None
+def _run_train_entry(entry, argv: list[str]) -> int:
     try:
         return entry(argv) or 0
     except SystemExit as e:  # the entry points exit with a one-line "q3tts: ..." message
@@ -43,11 +35,20 @@ def _train_entry(module: str, argv: list[str]) -> int:
 
 
 def cmd_train(args) -> int:
-    return _train_entry("__main__", args.extra)
+    # Plain imports, not importlib by name, so that tests/test_layering.py sees these edges.
+    try:
+        from ..train.__main__ import main
+    except ImportError as e:
+        raise UsageError(f"{TRAIN_EXTRA}: {one_line(str(e))}") from None
+    return _run_train_entry(main, args.extra)
 
 
 def cmd_dataset(args) -> int:
-    return _train_entry("dataset", args.extra)
+    try:
+        from ..train.dataset import main
+    except ImportError as e:
+        raise UsageError(f"{TRAIN_EXTRA}: {one_line(str(e))}") from None
+    return _run_train_entry(main, args.extra)
 
 
 def cmd_serve(args) -> int:

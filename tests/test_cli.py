@@ -346,6 +346,32 @@ def test_keyboard_interrupt_is_quiet(cv, tmp_path, capsys, monkeypatch):
     assert rc == 130 and capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_closed_output_pipe_is_an_error(cv, stream):
+    """`q3tts speak ... -o - | head -c 10`: a real pipe whose reader takes 10 bytes and closes. The
+    audio is lost, so the command must say so in one line and fail, not exit 0."""
+    argv = ["speak", "Hello there, a sentence long enough.", "-m", cv, "--speaker", "vivian", "-o", "-",
+            "--greedy", "--max-new-tokens", "20", "-q", *(["--stream"] if stream else [])]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "q3tts.cli", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("q3tts: error: ")]
+    assert errors == ["q3tts: error: standard output was closed before all the audio was read"], err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_stdout_read_to_the_end_is_no_error(cv):
+    """The same command read to the end through a pipe exits 0 with the whole WAV."""
+    argv = ["speak", "Hello there.", "-m", cv, "--speaker", "vivian", "-o", "-", *GEN]
+    proc = subprocess.run([sys.executable, "-m", "q3tts.cli", *argv], cwd=ROOT, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")
+    assert sr == 24000 and data.shape == (FRAMES * SPF,)
+
+
 def test_subprocess_one_line_error(base, tmp_path):
     """The real entry point: `python -m q3tts.cli`, a wrong-kind checkpoint and a usage error."""
     for argv, code, expect in [

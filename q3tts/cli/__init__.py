@@ -45,12 +45,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         clear_status()
         return 130
-    except BrokenPipeError:  # the reader of our stdout went away: stop quietly
-        try:
+    except BrokenPipeError:  # the reader of our stdout went away: the output is incomplete
+        try:  # and the interpreter's last flush of stdout must not print a traceback
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):
             pass
-        return 141
+        clear_status()
+        print("q3tts: error: standard output was closed before all the audio was read", file=sys.stderr)
+        return 1
     except SystemExit as e:  # bench's own parser
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except (Q3TTSError, OSError) as e:  # the user's input, files or settings: one line, no traceback

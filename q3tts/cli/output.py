@@ -71,6 +71,33 @@ def _stdout_buffer():
     return getattr(sys.stdout, "buffer", sys.stdout)
 
 
+def check_reader_got_everything(stream) -> None:
+    """Raise BrokenPipeError if `stream` is a pipe whose reader went away leaving our bytes unread.
+
+    A write into a pipe succeeds as soon as the bytes fit in its buffer (64 KiB on Linux), so
+    `q3tts speak ... -o - | head -c 10` would otherwise end with every write done and exit 0 although
+    the audio was lost. The write end of a pipe polls POLLERR once no reader is left, and FIONREAD
+    counts what is still in it: a reader that took everything and closed is no error."""
+    try:
+        import fcntl
+        import select
+        import stat
+        import struct
+        import termios
+
+        fd = stream.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poll.poll(0))
+        unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (ImportError, OSError, ValueError, AttributeError):
+        return  # no file descriptor, or not POSIX: nothing to check
+    if gone and unread:
+        raise BrokenPipeError(f"the reader of standard output went away with {unread} bytes unread")
+
+
 def _pcm16(chunk, sample_rate: int) -> bytes:
     """Float samples -> 16-bit PCM bytes, converted by libsndfile itself (as in a written .wav)."""
     import io
@@ -171,6 +198,7 @@ def _write_audio(out: Output, wav, sample_rate: int) -> None:
         save_audio(buf, wav, sample_rate, format="wav")
         _stdout_buffer().write(buf.getvalue())
         _stdout_buffer().flush()
+        check_reader_got_everything(_stdout_buffer())
         return
     tmp = out.path.with_name(f".{out.path.name}.{os.getpid()}.tmp")
     try:
@@ -218,6 +246,8 @@ def _render(args, model, out: Output, **call) -> None:
                 sink = _Sink(out, sr)
         if not stream:
             _write_audio(out, np.concatenate(parts) if parts else np.zeros(0, np.float32), sr)
+        elif out.path is None:
+            check_reader_got_everything(_stdout_buffer())
     finally:
         if sink is not None:
             sink.close()

@@ -1,8 +1,10 @@
-# The two commands of the README: `make demo` (main job) and `make test` (the test suite).
-# Both set up a fresh machine themselves.
+# The commands of the README: `make demo` (main job), `make check` (lint, format and the tests that
+# need neither the oracle venv nor a browser: the quick check before a commit) and `make test` (the
+# whole suite). Each sets up a fresh machine itself.
 PY := .venv/bin/python
+RUFF := $(PY) -m ruff
 
-.PHONY: setup setup-oracle setup-browser demo test
+.PHONY: setup setup-oracle setup-browser demo check test
 
 setup:
 	bash tools/setup.sh dev server ui train
@@ -15,6 +17,11 @@ setup-browser:
 
 demo: setup
 	$(PY) -m q3tts.demo
+
+check: setup
+	$(RUFF) check q3tts tests tools
+	$(RUFF) format --check q3tts tests tools
+	$(PY) -m pytest -q -m "not oracle and not browser"
 
 test: setup setup-oracle setup-browser
 	Q3TTS_REQUIRE_ORACLE=1 Q3TTS_REQUIRE_BROWSER=1 $(PY) -m pytest -q

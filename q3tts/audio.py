@@ -21,6 +21,8 @@ import soundfile as sf
 import soxr
 import torch
 
+from .errors import Q3TTSError
+
 SAMPLE_RATE = 24000  # Hz, every network's input and output rate
 
 # Speaker-encoder mel features (fixed in the official code, not read from any config).
@@ -48,7 +50,7 @@ SAVE_FORMATS = {  # extension -> (libsndfile format, subtype)
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, tuple]
 
 
-class AudioError(ValueError):
+class AudioError(Q3TTSError, ValueError):
     """Audio that cannot be read, is empty, or holds non-finite samples."""
 
 

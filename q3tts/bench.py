@@ -51,13 +51,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .errors import Q3TTSError
+
 DEFAULT_TEXT = ("Hello! This is a benchmark of the Qwen3 text to speech model, reading one ordinary sentence "
                 "at a natural pace, so that every run takes the same path.")  # fmt: skip
 REFERENCE_SCRIPT = Path(__file__).with_name("bench_reference.py")
 STEP_PARTS = ("talker", "code_predictor", "codec")
 
 
-class BenchError(Exception):
+class BenchError(Q3TTSError):
     """A bad argument or a failed child process; reported as one line."""
 
 

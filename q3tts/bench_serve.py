@@ -47,11 +47,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .errors import Q3TTSError
+
 READY_TIMEOUT_S = 600  # a full-size checkpoint on a slow disk, quantised, then warmed up
 REQUEST_TIMEOUT_S = 600
 
 
-class ServingBenchError(Exception):
+class ServingBenchError(Q3TTSError):
     """The HTTP server could not be started or answered badly; reported as one line."""
 
 

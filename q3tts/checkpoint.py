@@ -17,11 +17,13 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from .errors import Q3TTSError
+
 MAIN_FILES = ("config.json", "generation_config.json", "model.safetensors")
 SPEECH_TOKENIZER_FILES = ("config.json", "model.safetensors")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Q3TTSError, ValueError):
     """A checkpoint is missing, incomplete or does not match the model it claims to be."""
 
 

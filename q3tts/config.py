@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+from .errors import Q3TTSError
+
 T = TypeVar("T")
 
 REQUIRED = object()  # sentinel for fields that must be present in config.json
 
 
-class ConfigError(ValueError):
+class ConfigError(Q3TTSError, ValueError):
     """A config file is missing, unreadable, or lacks a required key."""
 
 

@@ -20,7 +20,7 @@ TEXT = "Hello! This is q3tts speaking, streaming audio while it is still being g
 def main() -> int:
     from .api import Qwen3TTS
     from .audio import save_audio
-    from .cli import _show_warning
+    from .console import show_warning
     from .presets import make_checkpoint
 
     model = os.environ.get("Q3TTS_MODEL")
@@ -44,7 +44,7 @@ def main() -> int:
     t0 = time.perf_counter()
     chunks, first = [], None
     with warnings.catch_warnings():  # one line each (random weights never say end-of-speech), as the CLI does
-        warnings.showwarning = _show_warning
+        warnings.showwarning = show_warning
         for chunk in tts.stream(TEXT, language="english", max_new_tokens=200, **kwargs):
             first = first or time.perf_counter() - t0
             chunks.append(chunk)

@@ -36,12 +36,14 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
+from .errors import Q3TTSError
+
 Kernel = Literal["auto", "dynamic", "weight_only"]
 SKIPPED_LINEARS = ("codec_head",)  # module-name parts whose linears stay in float
 MAX_DEFAULT_THREADS = 8
 
 
-class QuantizationError(ValueError):
+class QuantizationError(Q3TTSError, ValueError):
     """The module cannot be quantised as asked (already int8, wrong device, missing kernel)."""
 
 
@@ -147,10 +149,10 @@ def quantize_int8_(module: nn.Module, kernel: Kernel = "auto") -> nn.Module:
     Pass the talker (the code predictor is inside it) or a whole TTSNetworks (only its talker is
     quantised: the speaker encoder runs once per voice). CPU only. Quantising twice is an error.
     `kernel`: "auto" (dynamic where torch has the x86/fbgemm engine, else weight_only)."""
-    from .model import TTSNetworks
-
     given = module
-    if isinstance(module, TTSNetworks):
+    # A TTSNetworks is recognised by its `talker` rather than by class: model.py imports this module,
+    # so importing model.py here would be an import cycle.
+    if isinstance(getattr(module, "talker", None), nn.Module):
         module = module.talker
     if any(isinstance(m, Int8Linear) for m in module.modules()):
         raise QuantizationError("this module is already quantised to int8")

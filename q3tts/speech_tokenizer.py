@@ -17,10 +17,11 @@ import torch
 from .audio import AudioError, load_audio
 from .checkpoint import SPEECH_TOKENIZER_FILES, CheckpointError, resolve
 from .codec_stream import CodecStream
+from .errors import Q3TTSError
 from .model import SpeechTokenizer, load_speech_tokenizer
 
 
-class CodesError(ValueError):
+class CodesError(Q3TTSError, ValueError):
     """Codes that the decoder cannot take (wrong shape or out-of-range ids)."""
 
 

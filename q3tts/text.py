@@ -13,12 +13,14 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from .errors import Q3TTSError
+
 # The split regex of the Qwen2 tokenizer (public in its tokenizer.json); Qwen3 models reuse it.
 QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 SUPPORTED_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(Q3TTSError, ValueError):
     pass
 
 

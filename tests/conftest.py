@@ -1,5 +1,12 @@
-"""Shared fixtures: random tiny checkpoints written by our own `make_checkpoint`, and the oracle
-(the official `qwen-tts` package, run in its own venv in a subprocess)."""
+"""Shared fixtures: random tiny checkpoints written by our own `make_checkpoint`, the models and
+reference clips made from them, and the oracle (the official `qwen-tts` package, run in its own venv
+in a subprocess). Markers (registered in pyproject.toml) are set here from what a test uses:
+
+- `oracle`: the test uses the `oracle` fixture (directly or through another fixture);
+- `browser`: it uses a fixture that drives Chromium (BROWSER_FIXTURES);
+- `requires_cuda`: set by hand; such tests are skipped where torch sees no CUDA device.
+
+`make check` runs `-m "not oracle and not browser"`; `make test` runs everything."""
 
 from __future__ import annotations
 
@@ -15,6 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools" / "oracle"))
 
 torch.set_num_threads(2)
+
+BROWSER_FIXTURES = ("ui_server",)  # tests/test_ui_browser.py: the web UI in Chromium
+
+
+def pytest_collection_modifyitems(config, items):
+    no_cuda = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if "oracle" in used:
+            item.add_marker(pytest.mark.oracle)
+        if used.intersection(BROWSER_FIXTURES):
+            item.add_marker(pytest.mark.browser)
+        if no_cuda is not None and item.get_closest_marker("requires_cuda"):
+            item.add_marker(no_cuda)
 
 
 @pytest.fixture(scope="session")

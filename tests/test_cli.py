@@ -18,10 +18,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from q3tts import cli
 from q3tts.api import Qwen3TTS
 from q3tts.cli import main
-from q3tts.cli_progress import Status
+from q3tts.cli.codes import _save_codes, read_codes
+from q3tts.cli.common import CODES_EXTENSIONS
+from q3tts.cli.output import _audio_output, _output, _Sink, _write_audio
+from q3tts.cli.voices import voices_dir
+from q3tts.console import Status
 from q3tts.quant import Int8Linear
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +174,7 @@ def test_voice_library_round_trip(base, ref_wav, tmp_path, capsys):
     np.testing.assert_array_equal(check_audio(saved), check_audio(direct))
 
     # --voice also takes a voice file's path; x-vector-only clone, written as Ogg Vorbis.
-    flat = Path(cli.voices_dir()) / "flat.safetensors"
+    flat = Path(voices_dir()) / "flat.safetensors"
     assert main(["clone", "Hello.", "-m", base, "--voice", str(flat), "-o", str(tmp_path / "x.ogg"), *GEN]) == 0
     check_audio(tmp_path / "x.ogg", exact=False)
 
@@ -209,12 +212,12 @@ def test_encode_decode_round_trip(base, ref_wav, tmp_path, capsys):
 @pytest.mark.parametrize("ext", ["safetensors", "pt"])
 def test_codes_files(ext, tmp_path):
     codes = torch.randint(0, 2048, (7, 16))
-    out = cli._output(str(tmp_path / f"c.{ext}"), cli.CODES_EXTENSIONS, "codes")
-    cli._save_codes(out, codes)
-    back = cli.read_codes(str(out.path))
+    out = _output(str(tmp_path / f"c.{ext}"), CODES_EXTENSIONS, "codes")
+    _save_codes(out, codes)
+    back = read_codes(str(out.path))
     assert back.dtype == torch.int64 and torch.equal(back, codes)
     np.save(tmp_path / "batch.npy", codes[None].numpy())  # [1, T, 16] is taken as [T, 16]
-    assert torch.equal(cli.read_codes(str(tmp_path / "batch.npy")), codes)
+    assert torch.equal(read_codes(str(tmp_path / "batch.npy")), codes)
 
 
 @pytest.mark.parametrize("ext", ["wav", "flac", "mp3", "ogg", "opus"])
@@ -224,8 +227,8 @@ def test_writers_every_format(ext, tmp_path, capsysbinary):
         pytest.skip(f"the installed libsndfile has no {fmt} support")
     wav = (0.3 * np.sin(np.arange(3 * SPF) / 7.0)).astype(np.float32)
     whole, streamed = tmp_path / f"whole.{ext}", tmp_path / f"streamed.{ext}"
-    cli._write_audio(cli._audio_output(str(whole)), wav, 24000)
-    sink = cli._Sink(cli._audio_output(str(streamed)), 24000)
+    _write_audio(_audio_output(str(whole)), wav, 24000)
+    sink = _Sink(_audio_output(str(streamed)), 24000)
     for part in np.split(wav, [SPF, 2 * SPF]):
         sink.write(part)
     sink.close()
@@ -238,13 +241,13 @@ def test_writers_every_format(ext, tmp_path, capsysbinary):
 
 def test_stdout_wav(capsysbinary, monkeypatch):
     wav = (0.3 * np.sin(np.arange(2 * SPF) / 5.0)).astype(np.float32)
-    cli._write_audio(cli._audio_output("-"), wav, 24000)
+    _write_audio(_audio_output("-"), wav, 24000)
     whole = capsysbinary.readouterr().out
     np.testing.assert_allclose(sf.read(io.BytesIO(whole))[0], wav, rtol=0, atol=1 / 32768)
 
     def stream(seekable: bool) -> bytes:
         monkeypatch.setattr(sys.stdout.buffer, "seekable", lambda: seekable)
-        sink = cli._Sink(cli._audio_output("-"), 24000)
+        sink = _Sink(_audio_output("-"), 24000)
         sink.write(wav[:100])
         sink.write(wav[100:])
         sink.close()
@@ -341,6 +344,32 @@ def test_keyboard_interrupt_is_quiet(cv, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Qwen3TTS, "stream", interrupted)
     rc = main(["speak", "Hi.", "-m", cv, "--speaker", "vivian", "-o", str(tmp_path / "x.wav"), *GEN])
     assert rc == 130 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_closed_output_pipe_is_an_error(cv, stream):
+    """`q3tts speak ... -o - | head -c 10`: a real pipe whose reader takes 10 bytes and closes. The
+    audio is lost, so the command must say so in one line and fail, not exit 0."""
+    argv = ["speak", "Hello there, a sentence long enough.", "-m", cv, "--speaker", "vivian", "-o", "-",
+            "--greedy", "--max-new-tokens", "20", "-q", *(["--stream"] if stream else [])]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "q3tts.cli", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("q3tts: error: ")]
+    assert errors == ["q3tts: error: standard output was closed before all the audio was read"], err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_stdout_read_to_the_end_is_no_error(cv):
+    """The same command read to the end through a pipe exits 0 with the whole WAV."""
+    argv = ["speak", "Hello there.", "-m", cv, "--speaker", "vivian", "-o", "-", *GEN]
+    proc = subprocess.run([sys.executable, "-m", "q3tts.cli", *argv], cwd=ROOT, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")
+    assert sr == 24000 and data.shape == (FRAMES * SPF,)
 
 
 def test_subprocess_one_line_error(base, tmp_path):

@@ -78,17 +78,33 @@ def _with_history(stream: DecoderStream, key: Hashable, x: torch.Tensor, n: int,
     return x
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+GEMM_BLOCK_ROWS = 16  # rows per sgemm call in `linear`
+# A layer whose input has at least this many rows a frame gets them in one sgemm call: every call then
+# has 32+ rows, where the row results did not depend on the count (measured for the three high-rate
+# transposed convs, 1 to 25 frames against 50, 2 threads), and blocks of 16 there made a streamed
+# decode 3x slower.
+ONE_CALL_ROWS_PER_FRAME = 32
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           block_rows: Optional[int] = GEMM_BLOCK_ROWS) -> torch.Tensor:  # fmt: skip
     """F.linear over the last dim, with each row's result independent of how many rows come along.
 
-    MKL's sgemm rounds differently when it gets fewer than 12 rows unless their count is a multiple
-    of 4 (measured), and a streamed chunk can be one frame; so pad rows to a multiple of 4."""
+    MKL's sgemm picks its kernel and how it splits the sum over threads from the call's row count, so
+    a row can round differently alone than among others (measured, MKL 2024.2 on AVX-512, 2 threads:
+    any count under 16, and for 1024-wide inputs up to 128 rows, against the same rows of a 512-row
+    call). Calls of one fixed shape round a row the same way wherever it sits in the block (measured
+    for every low-rate shape of this decoder at 1, 2 and 4 threads), so rows go in zero-padded blocks
+    of `block_rows` (None: one call, for layers that always get many rows)."""
+    if block_rows is None:
+        return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1])
     rows = x.shape[0]
-    if rows % 4:
-        x = F.pad(x, (0, 0, 0, -rows % 4))
-    return F.linear(x, weight, bias)[:rows].view(*lead, -1)
+    if rows % block_rows:
+        x = F.pad(x, (0, 0, 0, -rows % block_rows))
+    out = torch.cat([F.linear(block, weight, bias) for block in x.split(block_rows)])
+    return out[:rows].view(*lead, -1)
 
 
 def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int = 1, groups: int = 1):
@@ -133,8 +149,9 @@ class CausalConvTranspose(nn.Module):
     frames still to be added are the stream state. One matmul with the official weight layout is also
     cheaper than oneDNN's per-call weight reorder for these weight-heavy, low-rate layers."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, rows_per_frame: int = 1):
         super().__init__()
+        self.block_rows = GEMM_BLOCK_ROWS if rows_per_frame < ONE_CALL_ROWS_PER_FRAME else None
         if kernel % stride:
             raise ValueError(f"transposed conv kernel {kernel} must be a multiple of its stride {stride}")
         self.conv = nn.ConvTranspose1d(cin, cout, kernel, stride=stride)
@@ -144,7 +161,7 @@ class CausalConvTranspose(nn.Module):
         b, cin, t = x.shape
         w = self.conv.weight  # [Cin, Cout, kernel]
         cout, s, m = w.shape[1], self.stride, self.taps
-        parts = linear(x.transpose(1, 2), w.view(cin, -1).t())  # [B, T, Cout * kernel]
+        parts = linear(x.transpose(1, 2), w.view(cin, -1).t(), block_rows=self.block_rows)  # [B, T, Cout * kernel]
         parts = _with_history(stream, self, parts.view(b, t, cout, m, s), m - 1, dim=1)  # [B, m-1+T, Cout, m, s]
         out = parts[:, m - 1 :, :, 0]
         for j in range(1, m):  # frame t - j's j-th block of s samples lands in block t
@@ -198,10 +215,11 @@ class ResidualUnit(nn.Module):
 class DecoderBlock(nn.Module):
     """SnakeBeta, x`rate` causal transposed conv halving the channels, residual units with dilations 1, 3, 9."""
 
-    def __init__(self, cin: int, cout: int, rate: int):
+    def __init__(self, cin: int, cout: int, rate: int, rows_per_frame: int):
         super().__init__()
         units = [ResidualUnit(cout, d) for d in (1, 3, 9)]
-        self.block = nn.ModuleList([SnakeBeta(cin), CausalConvTranspose(cin, cout, 2 * rate, rate), *units])
+        up = CausalConvTranspose(cin, cout, 2 * rate, rate, rows_per_frame)
+        self.block = nn.ModuleList([SnakeBeta(cin), up, *units])
 
     def forward(self, x: torch.Tensor, stream: DecoderStream) -> torch.Tensor:
         x = self.block[1](self.block[0](x), stream)
@@ -384,7 +402,10 @@ class CodecDecoder(nn.Module):
             for r in cfg.upsampling_ratios
         )
         dims = [cfg.decoder_dim // 2**i for i in range(len(cfg.upsample_rates) + 1)]  # 1536 -> 768 -> ... -> 96
-        blocks = [DecoderBlock(dims[i], dims[i + 1], r) for i, r in enumerate(cfg.upsample_rates)]
+        rows_per_frame = [
+            math.prod(cfg.upsampling_ratios) * math.prod(cfg.upsample_rates[:i]) for i in range(len(dims))
+        ]
+        blocks = [DecoderBlock(dims[i], dims[i + 1], r, rows_per_frame[i]) for i, r in enumerate(cfg.upsample_rates)]
         self.decoder = nn.ModuleList(
             [CausalConv(latent, dims[0], 7, gemm=True), *blocks, SnakeBeta(dims[-1]), CausalConv(dims[-1], 1, 7)]
         )

@@ -29,7 +29,7 @@ import gradio as gr
 import numpy as np
 from gradio import processing_utils
 
-from ..cli_progress import one_line
+from ..console import one_line
 from ..voices import default_voices_dir
 from .models import KINDS, ModelManager, ModelUnavailable, format_bytes, parse_model_specs
 from .security import GuardMiddleware, HostPolicy

@@ -20,6 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import SAMPLE_RATE, resample
+from ..errors import Q3TTSError
 
 MIN_SECONDS = 0.5
 MAX_SECONDS = 30.0
@@ -45,7 +46,7 @@ REASONS = {
 }
 
 
-class Rejected(Exception):
+class Rejected(Q3TTSError):
     def __init__(self, kind: str, detail: str):
         assert kind in REASONS, kind
         super().__init__(f"{kind}: {detail}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import Q3TTSError
 from . import require
 
 MODES = ("full", "lora", "layers")
@@ -51,7 +52,7 @@ ENV_NAMES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(Q3TTSError, ValueError):
     pass
 
 

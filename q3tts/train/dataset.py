@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE
-from ..cli_progress import Status, note
+from ..console import Status, note
 from .checks import REASONS, Limits, Rejected, check_language, check_text, read_clip
 from .sources import Item, dataset_items, manifest_items
 

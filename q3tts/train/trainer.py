@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ..cli_progress import Status, note
+from ..console import Status, note
 from . import require
 from . import state as ckpt
 from .config import TrainConfig

@@ -80,3 +80,8 @@ def size(nbytes: int) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1000
     return f"{nbytes:.1f} GB"  # pragma: no cover
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    clear_status()
+    print(f"q3tts: warning: {one_line(str(message))}", file=sys.stderr, flush=True)

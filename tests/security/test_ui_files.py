@@ -126,3 +126,14 @@ def test_the_hole_is_closed_for_a_logged_in_key_holder_and_for_a_foreign_host(ba
                        json={"data": [{"path": str(clip), "meta": FILE}, "", True, "stolen"]})  # fmt: skip
         assert r.status_code == 400 and r.json()["error"]["code"] == "host_not_allowed"
     assert not (tmp_path / "voices" / "stolen.safetensors").exists()
+
+
+def test_outputs_are_found_in_streamed_diffs_too():
+    """A generator's updates reach the page as diffs (["add", ["path"], PATH]) before the completed
+    event repeats them whole: the page may fetch the file in between."""
+    from q3tts.server.ui_files import output_files
+
+    diff = [[["delete", ["__type__"], None], ["add", ["path"], "/c/a.wav"], ["add", ["meta"], FILE]]]
+    whole = {"data": [{"path": "/c/b.wav", "url": "x", "meta": FILE}, "text"]}
+    assert output_files(diff) == ["/c/a.wav"] and output_files(whole) == ["/c/b.wav"]
+    assert output_files({"data": [{"path": "/etc/passwd"}]}) == []  # no FileData marker: not an output file

@@ -516,6 +516,8 @@ def test_kill_9_mid_upload_leaves_a_consistent_library(make_tiny, tmp_path):
     # another tool (`q3tts voices save`) wrote into the same folder.
     (voices / ".upload-dead.safetensors").write_bytes(b"half a file")
     (voices / "..upload-dead.safetensors.tmp").write_bytes(b"half a file")
+    for planted in (".upload-dead.safetensors", "..upload-dead.safetensors.tmp"):  # no owner named: by age
+        os.utime(voices / planted, (time.time() - 7200, time.time() - 7200))
     (voices / "garbage.safetensors").write_bytes(b"not a voice prompt")
     x_vector_voice(make_tiny).save(voices / "adopted.safetensors")
     with sqlite3.connect(voices / "voices.db") as db:

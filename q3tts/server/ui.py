@@ -145,7 +145,9 @@ def _speaker_choices(info: Optional[dict]) -> list[tuple[str, str]]:
 def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry] = None) -> gr.Blocks:
     """The UI over `models`. `voices_dir`: the voice library, a folder (as `q3tts voices` keeps it)
     or a library object with list(), prompt(name), add(name, item, duration), delete(name).
-    `uploads`: the files each browser uploaded (ui_files.py); the only files an input may name."""
+    `uploads`: the files each browser uploaded, as UIFileGuard records them (ui_files.py); the
+    only files an input may name. Serve the UI through `mount_ui`, which installs that guard:
+    without it no upload is recorded, so every reference clip is refused."""
     voices = VoiceLibrary(voices_dir) if isinstance(voices_dir, (str, os.PathLike)) else voices_dir
     uploads = uploads if uploads is not None else UploadRegistry()
 

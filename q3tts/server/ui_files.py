@@ -5,7 +5,7 @@ Gradio alone is not enough here: an app mounted with `gr.mount_gradio_app` never
 Gradio checks file paths in API inputs only for launched apps, so a client could pass any server
 path where an audio input is expected; Gradio copied the file into its cache (readable through
 `/gradio_api/file=`) and our handler cloned it. So, in front of the mounted UI, `UIFileGuard`:
-  - gives each browser a random client id (an HttpOnly, SameSite=Strict cookie);
+  - gives each browser a random client id with the page (an HttpOnly, SameSite=Strict cookie);
   - records the paths `/gradio_api/upload` returns to it, and the files in the outputs it is sent;
   - refuses (403) any request whose JSON names a file that client did not upload, before Gradio
     sees it, and serves `/gradio_api/file=PATH` (404 otherwise) only for that client's files;
@@ -62,7 +62,9 @@ class UploadRegistry:
             self._clients.popitem(last=False)
         return client
 
-    def add_uploads(self, token: str, paths: list[str]) -> None:
+    def add_uploads(self, token: Optional[str], paths: list[str]) -> None:
+        if not token:  # a client that never loaded the page: its uploads name nothing usable
+            return
         with self._lock:
             client = self._client(token)
             for path in paths:
@@ -70,7 +72,9 @@ class UploadRegistry:
                 client.downloads.add(_real(path))
             _trim(client.uploads, self.max_files)
 
-    def add_outputs(self, token: str, paths: list[str]) -> None:
+    def add_outputs(self, token: Optional[str], paths: list[str]) -> None:
+        if not token:
+            return
         with self._lock:
             client = self._client(token)
             client.downloads.update(_real(p) for p in paths)
@@ -152,7 +156,8 @@ def file_paths(value) -> list[str]:
 
 
 def output_files(value) -> list[str]:
-    """The files in UI outputs: gradio.FileData objects with a local path."""
+    """The files in UI outputs: gradio.FileData objects with a local path, and the paths of
+    streamed updates, which Gradio sends as diffs against the last value (["add", ["path"], PATH])."""
     found: list[str] = []
     stack = [value]
     while stack:
@@ -164,6 +169,9 @@ def output_files(value) -> list[str]:
                 found.append(path)
             stack.extend(item.values())
         elif isinstance(item, list):
+            if (len(item) == 3 and item[0] in ("add", "replace") and isinstance(item[1], list) and item[1]
+                    and item[1][-1] == "path" and isinstance(item[2], str)):  # fmt: skip
+                found.append(item[2])
             stack.extend(item)
     return found
 
@@ -197,10 +205,12 @@ class UIFileGuard:
             return await self.app(scope, receive, send)
         token = client_token(scope)
         new_token = None
-        if token is None:  # this browser's first request: the id it keeps for the session
+        sub = path[len(self.prefix) :]
+        if token is None and sub in ("", "/") and scope.get("method") == "GET":
+            # The page itself: the browser's id for the session. Only here: a cookie set on each of
+            # the requests a page load fires at once would change the id under a running event.
             token = new_token = secrets.token_urlsafe(32)
             scope = dict(scope, headers=[*scope["headers"], (b"cookie", f"{COOKIE}={token}".encode())])
-        sub = path[len(self.prefix) :]
         if "/proxy=" in sub:
             return await _plain(send, 403, "the UI fetches no remote files", new_token, self.prefix)
         if "/file=" in sub or sub.startswith(("/file/", "/gradio_api/file/")):
@@ -269,7 +279,7 @@ class _OutputRecorder:
     """Reads the UI's responses as they pass: the paths /upload returns, and the files in outputs
     (JSON bodies and Server-Sent Events `data:` lines)."""
 
-    def __init__(self, uploads: UploadRegistry, token: str, upload: bool):
+    def __init__(self, uploads: UploadRegistry, token: Optional[str], upload: bool):
         self.uploads, self.token, self.upload = uploads, token, upload
         self.kind = None  # "json" | "sse" | None (not read)
         self.pending = b""

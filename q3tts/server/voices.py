@@ -10,7 +10,8 @@ An upload is written so that a crash at any point leaves either the whole voice 
   2. it is renamed to `<name>.safetensors` (atomic) and the folder fsync'ed;
   3. its row is inserted in a transaction.
 Only complete files ever carry a final name; a crash before 3 leaves a complete file that is
-adopted on the next start. Temporary files left by a crash are removed at start-up.
+adopted on the next start. Temporary files left by a crash are removed at start-up (those of a
+process that no longer runs; another machine's after an hour, as it may still be writing them).
 
 Several processes may share one folder (replicas on a shared disk). Every transaction that may
 write starts with BEGIN IMMEDIATE: it takes the write lock first, waiting for it (busy timeout),
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import socket
 import sqlite3
 import threading
 import time
@@ -37,7 +40,8 @@ from ..voices import VOICE_NAME as NAME_PATTERN
 from ..voices import VOICE_SUFFIX as SUFFIX
 from ..voices import VoiceClonePromptItem, check_voice_name, read_voice_header
 
-TEMP_PREFIX = ".upload-"
+TEMP_PREFIX = ".upload-"  # .upload-<pid>@<host>@<random>.safetensors: whose upload it is
+STALE_TEMP_SECONDS = 3600  # a temporary file of another machine (or unnamed) is abandoned after this
 DB_NAME = "voices.db"
 COLUMNS = "name, created, mode, ref_text, duration, file"
 BUSY_TIMEOUT = 10.0  # seconds SQLite waits for another process's lock, per attempt
@@ -81,6 +85,25 @@ def read_details(path: Path) -> Optional[Voice]:
     return Voice(header.name, path.stat().st_mtime, header.mode, header.ref_text, header.duration, path.name)
 
 
+def _abandoned(temp: Path) -> bool:
+    """A temporary upload file whose writer is gone: a process of this machine that no longer runs,
+    else (another machine's, or an older name) one untouched for STALE_TEMP_SECONDS. Another
+    server on the same folder may be writing it right now: its file must stay."""
+    owner = re.match(r"\.{1,2}upload-(\d+)@([^@]+)@", temp.name)
+    if owner and owner.group(2) == socket.gethostname():
+        try:
+            os.kill(int(owner.group(1)), 0)
+        except (ProcessLookupError, OverflowError):  # gone (or never a process id)
+            return True
+        except PermissionError:  # alive, under another user
+            pass
+        return False
+    try:
+        return time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS
+    except FileNotFoundError:
+        return False
+
+
 def _fsync_dir(path: Path) -> None:
     if os.name == "posix":
         fd = os.open(path, os.O_RDONLY)
@@ -100,7 +123,7 @@ class VoiceLibrary:
         with self._db(write=True) as db:
             db.execute(SCHEMA)
         for path in self.folder.iterdir():  # what a crash mid-upload leaves (ours, and save()'s own temp)
-            if path.name.startswith((TEMP_PREFIX, "." + TEMP_PREFIX)) and path.is_file():
+            if path.name.startswith((TEMP_PREFIX, "." + TEMP_PREFIX)) and path.is_file() and _abandoned(path):
                 path.unlink(missing_ok=True)
         self.sync()
 
@@ -154,7 +177,7 @@ class VoiceLibrary:
         check_name(name)
         if name in self:
             raise VoiceExists(name)
-        temp = self.folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}{SUFFIX}"
+        temp = self.folder / f"{TEMP_PREFIX}{os.getpid()}@{socket.gethostname()}@{uuid.uuid4().hex}{SUFFIX}"
         try:
             item.save(temp)
             with open(temp, "rb+") as f:

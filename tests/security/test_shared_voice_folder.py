@@ -75,3 +75,25 @@ def test_two_voice_libraries_in_two_processes_share_one_folder(tmp_path):
     with sqlite3.connect(folder / "voices.db") as db:
         index = {name for (name,) in db.execute("SELECT name FROM voices")}
     assert files == index and len(files) == sum(r["added"] for r in results)
+
+
+def test_a_starting_library_leaves_other_processes_uploads_alone(tmp_path):
+    """Start-up removes the temporary files of dead writers only: another server on the folder
+    may be writing its upload right now."""
+    import socket
+    import time
+
+    from q3tts.server.voices import VoiceLibrary
+
+    tmp_path.mkdir(exist_ok=True)
+    host = socket.gethostname()
+    live_writer = tmp_path / f".upload-{os.getpid()}@{host}@abc.safetensors"  # this process: alive
+    dead_writer = tmp_path / f".upload-999999999@{host}@abc.safetensors"
+    other_host = tmp_path / ".upload-1@another-machine@abc.safetensors"
+    old_other_host = tmp_path / ".upload-2@another-machine@def.safetensors"
+    for path in (live_writer, dead_writer, other_host, old_other_host):
+        path.write_bytes(b"half an upload")
+    os.utime(old_other_host, (time.time() - 7200, time.time() - 7200))
+    VoiceLibrary(tmp_path)
+    assert live_writer.exists() and other_host.exists()
+    assert not dead_writer.exists() and not old_other_host.exists()

@@ -5,6 +5,8 @@ passed a server path where an audio input is expected: the file was copied into 
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -45,8 +47,11 @@ def planted(tmp_path):
 
 
 def test_a_server_path_in_an_audio_input_is_refused(base_server, tmp_path):
+    from gradio.utils import get_upload_folder
+
     url, voices = base_server
     secret, clip = planted(tmp_path)
+    started = time.time()
     with httpx.Client(base_url=url) as client:
         client.get("/ui/")
         for path in (clip, secret):
@@ -65,6 +70,10 @@ def test_a_server_path_in_an_audio_input_is_refused(base_server, tmp_path):
     assert not (voices / "stolen.safetensors").exists()
     names = httpx.get(url + "/v1/audio/voices").json()["uploaded_voices"]
     assert names == []
+    # Before, Gradio copied the named file into its cache (and the error message gave the copy's path).
+    copies = [p for p in Path(get_upload_folder()).rglob("*") if p.name in ("secret.txt", "voice.wav")
+              and p.stat().st_mtime >= started]  # fmt: skip
+    assert copies == []
 
 
 def test_an_upload_is_usable_by_its_own_browser_only_and_removed_after_use(base_server):
@@ -117,3 +126,14 @@ def test_the_hole_is_closed_for_a_logged_in_key_holder_and_for_a_foreign_host(ba
                        json={"data": [{"path": str(clip), "meta": FILE}, "", True, "stolen"]})  # fmt: skip
         assert r.status_code == 400 and r.json()["error"]["code"] == "host_not_allowed"
     assert not (tmp_path / "voices" / "stolen.safetensors").exists()
+
+
+def test_outputs_are_found_in_streamed_diffs_too():
+    """A generator's updates reach the page as diffs (["add", ["path"], PATH]) before the completed
+    event repeats them whole: the page may fetch the file in between."""
+    from q3tts.server.ui_files import output_files
+
+    diff = [[["delete", ["__type__"], None], ["add", ["path"], "/c/a.wav"], ["add", ["meta"], FILE]]]
+    whole = {"data": [{"path": "/c/b.wav", "url": "x", "meta": FILE}, "text"]}
+    assert output_files(diff) == ["/c/a.wav"] and output_files(whole) == ["/c/b.wav"]
+    assert output_files({"data": [{"path": "/etc/passwd"}]}) == []  # no FileData marker: not an output file

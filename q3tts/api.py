@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, load_audio, mel_spectrogram
-from .codec_stream import CodecStream
-from .engine import Engine, length_cap
 from .errors import InputError
+from .generate.codec_stream import CodecStream
+from .generate.engine import Engine, length_cap
+from .generate.prompt import Prompt, Utterance, build_prompt
+from .generate.sampling import SamplingOptions
+from .generate.segment import split_text
 from .model import Checkpoint, load_checkpoint
-from .prompt import Prompt, Utterance, build_prompt
-from .quant import QuantizationError, native_bf16_cpu
-from .sampling import SamplingOptions
-from .segment import split_text
+from .nn.quant import QuantizationError, native_bf16_cpu
 from .voices import VoiceClonePromptItem
 
 MIN_REFERENCE_SECONDS = 1.0

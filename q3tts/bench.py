@@ -161,7 +161,7 @@ def make_config(args: argparse.Namespace) -> dict:
         raise BenchError("--device cuda but torch sees no CUDA device")
     if args.quantize == "int8" and device.type != "cpu":
         raise BenchError("--quantize int8 is for CPU; on a GPU use --dtype bfloat16")
-    from .quant import default_threads
+    from .nn.quant import default_threads
 
     serve = args.serve or args.http or args.streams is not None
     streams = parse_streams(args.streams) if serve else []
@@ -195,7 +195,7 @@ def checkpoint_folder(args: argparse.Namespace) -> Path:
     if args.preset:
         folder = Path("checkpoints") / f"{args.preset}-{args.kind}"
         if not (folder / "model.safetensors").exists():
-            from .presets import make_checkpoint
+            from .testing.presets import make_checkpoint
 
             print(f"q3tts bench: writing a random {args.preset} {args.kind} checkpoint to {folder} ...",
                   file=sys.stderr, flush=True)  # fmt: skip
@@ -479,7 +479,7 @@ def instrument(tts, clock: Stopwatch, split: bool) -> tuple[list[str], Callable[
     is skipped: its part is reported as not timed, the totals stay."""
     import torch
 
-    from .steps import EagerSteps, FixedShapeSteps
+    from .generate.steps import EagerSteps, FixedShapeSteps
 
     engine = tts.engine
     parts: list[str] = []
@@ -531,8 +531,8 @@ def measure_ours(config: dict) -> dict:
     import torch
 
     from .api import Qwen3TTS
-    from .engine import LengthCapWarning
-    from .quant import Int8Linear
+    from .generate.engine import LengthCapWarning
+    from .nn.quant import Int8Linear
 
     warnings.simplefilter("ignore", LengthCapWarning)  # the cap is how every run stops
     torch.set_num_threads(config["threads"])

@@ -21,7 +21,7 @@ def main() -> int:
     from .api import Qwen3TTS
     from .audio import save_audio
     from .console import show_warning
-    from .presets import make_checkpoint
+    from .testing.presets import make_checkpoint
 
     model = os.environ.get("Q3TTS_MODEL")
     if not model:

@@ -24,13 +24,13 @@ from .checkpoint import (
     require_files,
     resolve,
 )
-from .codec.decoder import CodecDecoder
-from .codec.encoder import UNUSED_KEY_PREFIXES as ENCODER_UNUSED_KEYS
-from .codec.encoder import CodecEncoder
 from .config import ConfigError, GenerationDefaults, ModelConfig, SpeechTokenizerConfig
-from .quant import Int8Linear, int8_targets, release_freed_memory, replace_linear, resolve_kernel
-from .speaker_encoder import SpeakerEncoder
-from .talker import Talker
+from .nn.codec.decoder import CodecDecoder
+from .nn.codec.encoder import UNUSED_KEY_PREFIXES as ENCODER_UNUSED_KEYS
+from .nn.codec.encoder import CodecEncoder
+from .nn.quant import Int8Linear, int8_targets, release_freed_memory, replace_linear, resolve_kernel
+from .nn.speaker_encoder import SpeakerEncoder
+from .nn.talker import Talker
 from .text import TextTokenizer, TokenizerError
 
 

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from .api import GenerationPlan, Qwen3TTS
-from .codec_stream import CodecStream
-from .decode import DecodeBatch, RowRequest
-from .engine import LengthCapWarning, length_cap_message
 from .errors import InputError, Q3TTSError
-from .prompt import Utterance
-from .sampling import SamplingOptions
+from .generate.codec_stream import CodecStream
+from .generate.decode import DecodeBatch, RowRequest
+from .generate.engine import LengthCapWarning, length_cap_message
+from .generate.prompt import Utterance
+from .generate.sampling import SamplingOptions
 
 _END = object()
 # Prompt positions a joining request's prefill runs per step while other rows generate. On CPU a

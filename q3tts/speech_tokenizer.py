@@ -16,8 +16,8 @@ import torch
 
 from .audio import AudioError, load_audio
 from .checkpoint import SPEECH_TOKENIZER_FILES, CheckpointError, resolve
-from .codec_stream import CodecStream
 from .errors import Q3TTSError
+from .generate.codec_stream import CodecStream
 from .model import SpeechTokenizer, load_speech_tokenizer
 
 

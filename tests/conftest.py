@@ -46,7 +46,7 @@ def checkpoints_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def make_tiny(checkpoints_dir):
     """make_tiny(kind, seed=0) -> folder of a tiny random checkpoint, written once per session."""
-    from q3tts.presets import make_checkpoint
+    from q3tts.testing.presets import make_checkpoint
 
     made: dict[tuple, Path] = {}
 

@@ -164,7 +164,7 @@ def test_split_hooks_time_every_part_and_come_off(make_tiny):
     import torch
 
     from q3tts.api import Qwen3TTS
-    from q3tts.steps import EagerSteps, FixedShapeSteps
+    from q3tts.generate.steps import EagerSteps, FixedShapeSteps
 
     before = (EagerSteps.predict_rest, FixedShapeSteps.predict_rest, FixedShapeSteps.talker_step)
     tts = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu")

@@ -13,7 +13,7 @@ import torch
 from q3tts.checkpoint import CheckpointError, resolve
 from q3tts.config import ConfigError, ModelConfig, SpeechTokenizerConfig
 from q3tts.model import SpeechTokenizer, TTSNetworks, load_checkpoint
-from q3tts.presets import LANGUAGE_IDS, SPEAKER_IDS, build_configs, write_text_tokenizer
+from q3tts.testing.presets import LANGUAGE_IDS, SPEAKER_IDS, build_configs, write_text_tokenizer
 from q3tts.text import TextTokenizer, assistant_text, instruct_text, reference_text
 
 KINDS = ("base", "custom_voice", "voice_design")

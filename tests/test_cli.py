@@ -25,7 +25,7 @@ from q3tts.cli.common import CODES_EXTENSIONS
 from q3tts.cli.output import _audio_output, _output, _Sink, _write_audio
 from q3tts.cli.voices import voices_dir
 from q3tts.console import Status
-from q3tts.quant import Int8Linear
+from q3tts.nn.quant import Int8Linear
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = ["--greedy", "--max-new-tokens", "6", "-q"]  # 5 frames, no EOS needed from random weights

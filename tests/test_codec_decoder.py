@@ -88,7 +88,7 @@ def test_parity_with_reference(decoder, tiny_checkpoint, oracle):
 def test_stacked_streams_at_different_frames_decode_like_their_own(decoder):
     """Streams at different positions (one fresh) decoded together in one call, then unstacked,
     give what each gives alone (to float rounding) and carry on correctly afterwards."""
-    from q3tts.codec.decoder import DecoderStream
+    from q3tts.nn.codec.decoder import DecoderStream
 
     codes = [random_codes(n, 20 + n) for n in (80, 3, 0)]  # histories: beyond the window, short, fresh
     alone, together = [decoder.new_stream(1) for _ in codes], [decoder.new_stream(1) for _ in codes]

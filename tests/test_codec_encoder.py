@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from q3tts.checkpoint import load_weights
-from q3tts.codec.encoder import HOP_LENGTH, UNUSED_KEY_PREFIXES, CodecEncoder, random_init_
 from q3tts.config import CodecEncoderConfig, SpeechTokenizerConfig
+from q3tts.nn.codec.encoder import HOP_LENGTH, UNUSED_KEY_PREFIXES, CodecEncoder, random_init_
 
 # The dev-checkpoint shapes: 32 codebooks of which 16 are kept, VQ dim != hidden (projections exist).
 TINY = dict(hidden_size=32, num_filters=4, codebook_dim=16, vector_quantization_hidden_dimension=16,

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from q3tts.api import Qwen3TTS
-from q3tts.decode import RowRequest
-from q3tts.engine import Engine
+from q3tts.generate.decode import RowRequest
+from q3tts.generate.engine import Engine
 from q3tts.serving import SpeechScheduler
 
-pytestmark = pytest.mark.filterwarnings("ignore::q3tts.engine.LengthCapWarning")  # random weights never say EOS
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::q3tts.generate.engine.LengthCapWarning"
+)  # random weights never say EOS
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 # (text, speaker, options, frames the previous request has made when this one is submitted)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from q3tts.api import InputError, Qwen3TTS, VoiceClonePromptItem
-from q3tts.engine import LengthCapWarning
-from q3tts.prompt import Utterance
+from q3tts.generate.engine import LengthCapWarning
+from q3tts.generate.prompt import Utterance
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 AUDIO_TOL = 1e-4

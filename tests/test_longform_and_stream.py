@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from q3tts.api import Qwen3TTS
-from q3tts.segment import split_text
+from q3tts.generate.segment import split_text
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 
@@ -132,7 +132,7 @@ def test_long_clone_computes_the_voice_once(base, monkeypatch):
     finally:
         hook.remove()
     assert len(calls) == 1
-    from q3tts.prompt import Utterance
+    from q3tts.generate.prompt import Utterance
 
     pieces = base._pieces(Utterance("First sentence. Second sentence. Third one."), 4)
     assert len(pieces) >= 3

@@ -20,7 +20,7 @@ FRAME = 1920  # samples per 12.5 Hz codec frame at 24 kHz
 
 # Where the checkpoint comes from; switch with Q3TTS_SMOKE_CHECKPOINT:
 #   "dev"        tools/oracle/build_dev_checkpoint.py, built with the reference's own classes
-#   "make_tiny"  our own writer (q3tts.presets.make_checkpoint, the conftest fixture)
+#   "make_tiny"  our own writer (q3tts.testing.presets.make_checkpoint, the conftest fixture)
 CHECKPOINT_SOURCE = os.environ.get("Q3TTS_SMOKE_CHECKPOINT", "dev")
 
 

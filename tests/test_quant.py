@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from q3tts.api import Qwen3TTS
-from q3tts.quant import Int8Linear, QuantizationError, default_threads, linear_weight_bytes, quantize_int8_
+from q3tts.nn.quant import Int8Linear, QuantizationError, default_threads, linear_weight_bytes, quantize_int8_
 
 KERNELS = ["dynamic", "weight_only"]
 

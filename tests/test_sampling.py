@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from q3tts.api import Qwen3TTS
-from q3tts.sampling import SamplingOptions, choose, penalise_repeats
+from q3tts.generate.sampling import SamplingOptions, choose, penalise_repeats
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 

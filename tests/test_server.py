@@ -38,7 +38,7 @@ from q3tts.server.stream import pop_sentences
 from q3tts.server.voices import VoiceExists, VoiceLibrary, VoiceNotFound, check_name
 from q3tts.voices import BadVoiceName
 
-pytestmark = pytest.mark.filterwarnings("ignore::q3tts.engine.LengthCapWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCapWarning")
 FRAME = 1920  # samples per codec frame at 24 kHz
 FORMATS = ["wav", "pcm", "mp3", "opus", "aac", "flac"]
 

@@ -12,7 +12,9 @@ from q3tts.api import InputError, Qwen3TTS
 from q3tts.serving import QueueFull, SchedulerClosed, SpeechScheduler
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
-pytestmark = pytest.mark.filterwarnings("ignore::q3tts.engine.LengthCapWarning")  # random weights never say EOS
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::q3tts.generate.engine.LengthCapWarning"
+)  # random weights never say EOS
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from q3tts.audio import SAMPLE_RATE, load_audio, mel_spectrogram
 from q3tts.checkpoint import load_weights
 from q3tts.config import ModelConfig, SpeakerEncoderConfig
-from q3tts.speaker_encoder import SpeakerEncoder, random_init_
+from q3tts.nn.speaker_encoder import SpeakerEncoder, random_init_
 
 EMB_TOL = 1e-5  # relative: ||ours - ref|| / ||ref||
 TINY = SpeakerEncoderConfig(

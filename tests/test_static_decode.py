@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from q3tts.api import Qwen3TTS
-from q3tts.engine import Engine
-from q3tts.steps import CACHE_BUCKET, Replayable
+from q3tts.generate.engine import Engine
+from q3tts.generate.steps import CACHE_BUCKET, Replayable
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 TEXTS = ["Hello.", "Hello world, this is a small test of the speech system.", "A calm narrator reads a story."]

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from q3tts.config import ModelConfig
-from q3tts.layers import causal_mask
 from q3tts.model import load_networks
-from q3tts.talker import left_padded_inputs
+from q3tts.nn.layers import causal_mask
+from q3tts.nn.talker import left_padded_inputs
 
 KINDS = ("base", "custom_voice", "voice_design")
 TOL = 1e-4

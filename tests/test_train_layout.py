@@ -18,10 +18,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from q3tts.engine import Engine
-from q3tts.layers import rope_tables
-from q3tts.prompt import Utterance, build_prompt
-from q3tts.sampling import SamplingOptions
+from q3tts.generate.engine import Engine
+from q3tts.generate.prompt import Utterance, build_prompt
+from q3tts.generate.sampling import SamplingOptions
+from q3tts.nn.layers import rope_tables
 from q3tts.train.config import TrainConfig
 from q3tts.train.data import Example
 from q3tts.train.layout import build_sequence, utterance

@@ -24,7 +24,7 @@ import yaml  # noqa: F401
 from safetensors.torch import load_file
 
 from q3tts.api import Qwen3TTS
-from q3tts.prompt import Utterance
+from q3tts.generate.prompt import Utterance
 from q3tts.train.__main__ import main as train_main
 from q3tts.train.config import load_config
 from q3tts.train.data import load_prepared

@@ -202,7 +202,7 @@ def test_ui_in_browser(ui_server):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore::q3tts.engine.LengthCapWarning")
+@pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCapWarning")
 def test_model_manager_switch_and_memory(make_tiny):
     from q3tts.server.models import ModelManager, ModelUnavailable, parse_model_specs
 

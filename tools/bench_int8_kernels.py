@@ -86,7 +86,7 @@ def logits_over_prompt(talker, prefill: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def accuracy(checkpoint: str) -> None:
     from q3tts.api import Qwen3TTS
-    from q3tts.quant import quantize_int8_
+    from q3tts.nn.quant import quantize_int8_
 
     def load():
         tts = Qwen3TTS.from_pretrained(checkpoint, device="cpu", dtype="float32")

@@ -50,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     path = Path(args.checkpoint or f"checkpoints/{args.preset}-{args.kind}")
     if not (path / "model.safetensors").exists():
-        from q3tts.presets import make_checkpoint
+        from q3tts.testing.presets import make_checkpoint
 
         print(f"writing a random {args.preset} {args.kind} checkpoint to {path} ...", flush=True)
         make_checkpoint(path, args.preset, args.kind)

@@ -7,7 +7,7 @@
 Each part runs in its own process under a timeout cut from one overall budget (`--budget`, 480 s),
 so a part that fails, hangs or runs out of time is recorded in the JSON and the rest still runs:
 
-  write <preset>        a random-weight checkpoint (`q3tts.presets.make_checkpoint`) into the scratch
+  write <preset>        a random-weight checkpoint (`q3tts.testing.presets.make_checkpoint`) into the scratch
                         folder, reused when complete. All presets are written at once, at the start,
                         while the first equivalence check runs (nothing is timed then). One CPU core
                         does each: here the 0.6b took 22 s (2.4 GB), the 1.7b 186 s (4.3 GB) at nice
@@ -363,7 +363,7 @@ def part_environment(spec: dict) -> dict:
 
 
 def part_write(spec: dict) -> dict:
-    from q3tts.presets import make_checkpoint
+    from q3tts.testing.presets import make_checkpoint
 
     folder = Path(spec["folder"])
     marker = folder / ".complete"  # written last: a folder from a killed run is written again
@@ -398,9 +398,9 @@ def equivalence_checks(spec: dict, dtype: str) -> dict:
     """Greedy codes of one batch of EQUIVALENCE_TEXTS from each fixed-shape mode of the engine
     against its dynamic path, then the scheduler (see scheduler_checks)."""
     from q3tts.api import Qwen3TTS
-    from q3tts.engine import Engine
-    from q3tts.prompt import build_prompt
-    from q3tts.sampling import SamplingOptions
+    from q3tts.generate.engine import Engine
+    from q3tts.generate.prompt import build_prompt
+    from q3tts.generate.sampling import SamplingOptions
 
     cuda = spec["device"].startswith("cuda")
     tts = Qwen3TTS.from_pretrained(spec["folder"], device=spec["device"], dtype=dtype, cuda_graphs=False)

@@ -124,7 +124,7 @@ def main() -> None:
     args = ap.parse_args()
     model = args.model
     if model is None:
-        from q3tts.presets import make_checkpoint
+        from q3tts.testing.presets import make_checkpoint
 
         model = str(Path(tempfile.mkdtemp()) / "tiny-custom_voice")
         make_checkpoint(model, "tiny", "custom_voice")

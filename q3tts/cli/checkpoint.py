@@ -9,7 +9,7 @@ from pathlib import Path
 def cmd_make_checkpoint(args) -> None:
     import torch
 
-    from ..presets import make_checkpoint
+    from ..testing.presets import make_checkpoint
 
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
     out = make_checkpoint(args.out, preset=args.preset, kind=args.kind, seed=args.seed, dtype=dtype)

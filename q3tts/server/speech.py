@@ -19,7 +19,7 @@ import soundfile as sf
 
 from ..api import Qwen3TTS
 from ..audio import SAMPLE_RATE, load_audio
-from ..prompt import Utterance
+from ..generate.prompt import Utterance
 from ..serving import SpeechJob, SpeechScheduler
 from ..voices import BadVoiceName
 from .encoders import MEDIA_TYPES, STREAMED, make_encoder

@@ -52,7 +52,7 @@ class Encoders:
         from ..checkpoint import load_weights, resolve
         from ..config import ModelConfig
         from ..model import load_speech_tokenizer
-        from ..speaker_encoder import SpeakerEncoder
+        from ..nn.speaker_encoder import SpeakerEncoder
 
         folder = resolve(model)
         self.device = torch.device(device)

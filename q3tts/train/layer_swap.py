@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from ..layers import Block
-from ..talker import Talker
+from ..nn.layers import Block
+from ..nn.talker import Talker
 from .config import ConfigError, LayerOptions
 
 INIT_STD = 0.02

@@ -3,7 +3,7 @@
     position:  0 ............ P-1 | P          P+1        ...  P+T-1
     input:     prefill (build_prompt) | frame 0 + text 0 | frame 1 + text 1 | ... | frame T-1 + text T-1
 
-The prefill is `q3tts.prompt.build_prompt`'s, the one `Engine.frames` runs; decode input i is
+The prefill is `q3tts.generate.prompt.build_prompt`'s, the one `Engine.frames` runs; decode input i is
 `embed_frame(codes[i]) + text_i`, with text_i = the prompt's trailing text vector i, or tts_pad
 once those run out (as in `Engine.frames`). The talker's output at position P-1+i predicts
 codebook 0 of frame i, and position P-1+T predicts EOS: see `loss.talker_targets`.
@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 
 from ..config import ModelConfig
-from ..prompt import Prompt, Utterance, build_prompt
-from ..talker import Talker
+from ..generate.prompt import Prompt, Utterance, build_prompt
+from ..nn.talker import Talker
 from ..text import TextTokenizer
 
 # The same prefill as generation, here with gradients (text projection, embeddings).

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..code_predictor import CodePredictor
-from ..talker import Talker
+from ..nn.code_predictor import CodePredictor
+from ..nn.talker import Talker
 
 
 def talker_targets(prefill_len: int, codes: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:

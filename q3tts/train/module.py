@@ -20,8 +20,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import resolve
 from ..config import ModelConfig
-from ..layers import rope_tables
 from ..model import TTSNetworks, load_networks
+from ..nn.layers import rope_tables
 from ..text import TextTokenizer
 from . import lora
 from .config import ConfigError, TrainConfig

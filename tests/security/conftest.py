@@ -26,7 +26,7 @@ from q3tts.server import Settings, create_app
 from q3tts.server.listen import uvicorn_config
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.filterwarnings("ignore::q3tts.engine.LengthCapWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCapWarning")
 
 
 def free_port() -> int:

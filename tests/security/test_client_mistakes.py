@@ -11,7 +11,7 @@ import pytest
 from conftest import frames, serve_process, wav_bytes
 from websockets.sync.client import connect as ws_connect
 
-from q3tts.sampling import SamplingOptions
+from q3tts.generate.sampling import SamplingOptions
 
 
 @pytest.fixture(scope="module")

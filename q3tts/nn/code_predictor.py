@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import CodePredictorConfig
+from ..config import CodePredictorConfig
 from .layers import Block, KVCache, RMSNorm, rope_tables
 
 

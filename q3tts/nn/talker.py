@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import TalkerConfig
 from .code_predictor import CodePredictor
-from .config import TalkerConfig
 from .layers import Block, KVCache, RMSNorm, causal_mask, rope_tables
 
 

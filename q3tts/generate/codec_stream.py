@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .codec.decoder import CodecDecoder, DecoderStream
+from ..nn.codec.decoder import CodecDecoder, DecoderStream
 
 
 class CodecStream:

@@ -36,7 +36,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from .errors import Q3TTSError
+from ..errors import Q3TTSError
 
 Kernel = Literal["auto", "dynamic", "weight_only"]
 SKIPPED_LINEARS = ("codec_head",)  # module-name parts whose linears stay in float

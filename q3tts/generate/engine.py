@@ -16,9 +16,9 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .config import ModelConfig
+from ..config import ModelConfig
+from ..model import TTSNetworks
 from .decode import BatchPool, DecodeBatch, RowRequest
-from .model import TTSNetworks
 from .prompt import Prompt
 from .sampling import SamplingOptions
 

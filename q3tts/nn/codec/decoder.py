@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CodecDecoderConfig
+from ...config import CodecDecoderConfig
 from ..layers import RMSNorm, apply_rope, rope_tables
 
 OFFLINE_BLOCK_FRAMES = 50  # `forward` decodes in blocks this long (4 s) to bound activation memory

@@ -22,9 +22,9 @@ from typing import Optional
 
 import torch
 
-from .config import ModelConfig
-from .talker import Talker
-from .text import TextTokenizer, assistant_text, instruct_text, reference_text
+from ..config import ModelConfig
+from ..nn.talker import Talker
+from ..text import TextTokenizer, assistant_text, instruct_text, reference_text
 
 
 @dataclass

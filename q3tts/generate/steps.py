@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .layers import KVCache
+from ..nn.layers import KVCache
 from .sampling import SamplingOptions, filtered_scores_rows
 
 CACHE_BUCKET = 256  # talker cache lengths are rounded up to this, so graphs are reused across calls

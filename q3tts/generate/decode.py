@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import torch
 
-from .layers import causal_mask
+from ..nn.layers import causal_mask
 from .prompt import Prompt
 from .sampling import SamplingOptions, choose
 from .steps import CACHE_BUCKET, EagerSteps, FixedShapeSteps, SamplerRows

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import MODEL_TYPES, ModelConfig, SpeechTokenizerConfig
+from ..config import MODEL_TYPES, ModelConfig, SpeechTokenizerConfig
 
 # Codec-track control ids of the released talker vocab (3072 = 2048 codes + 1024 specials).
 CONTROL_IDS = dict(
@@ -248,7 +248,7 @@ def write_text_tokenizer(out: Path, size: str) -> tuple[dict[str, int], int]:
     vocab with unreachable placeholder entries, so prompts carry the real id values."""
     from tokenizers import models, pre_tokenizers, trainers
 
-    from .text import TextTokenizer, qwen2_pipeline
+    from ..text import TextTokenizer, qwen2_pipeline
 
     tok = qwen2_pipeline(models.BPE())
     trainer = trainers.BpeTrainer(
@@ -320,10 +320,10 @@ def make_checkpoint(out: str | Path, preset: str = "tiny", kind: str = "custom_v
     """Write a complete random-weight checkpoint folder; returns its path."""
     from safetensors.torch import save_file
 
-    from . import speaker_encoder, talker
-    from .codec import decoder as codec_decoder
-    from .codec import encoder as codec_encoder
-    from .model import SpeechTokenizer, TTSNetworks
+    from ..model import SpeechTokenizer, TTSNetworks
+    from ..nn import speaker_encoder, talker
+    from ..nn.codec import decoder as codec_decoder
+    from ..nn.codec import encoder as codec_encoder
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}', expected one of {PRESETS}")

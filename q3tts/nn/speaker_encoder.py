@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from .config import SpeakerEncoderConfig
+from ..config import SpeakerEncoderConfig
 
 STATS_EPS = 1e-12  # variance floor before sqrt in the statistics pooling
 

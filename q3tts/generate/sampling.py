@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .config import GenerationDefaults
+from ..config import GenerationDefaults
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CodecEncoderConfig
+from ...config import CodecEncoderConfig
 from ..layers import Attention, rope_tables
 
 SAMPLE_RATE = 24000  # Hz, the only rate the encoder accepts

@@ -1,0 +1,1 @@
+"""Generation: prompts, sampling, the decode core and its steps, frames to audio."""

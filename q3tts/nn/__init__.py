@@ -1,0 +1,1 @@
+"""The networks: weights and pure forward passes, one short file per network."""

@@ -1,0 +1,1 @@
+"""Random-weight checkpoints in the official layout, for tests and benchmarks."""

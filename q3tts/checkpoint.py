@@ -32,7 +32,7 @@ def _looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def resolve(path_or_repo: str | os.PathLike, *, subfolder_files: Iterable[str] = MAIN_FILES) -> Path:
+def resolve(path_or_repo: str | os.PathLike) -> Path:
     """A local checkpoint folder for `path_or_repo`: the folder itself, else the Hugging Face cache,
     else a download (unless HF_HUB_OFFLINE is set). Raises CheckpointError when none works."""
     path = Path(path_or_repo).expanduser()

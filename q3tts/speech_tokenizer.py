@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, load_audio
-from .checkpoint import SPEECH_TOKENIZER_FILES, CheckpointError, resolve
+from .checkpoint import CheckpointError, resolve
 from .errors import Q3TTSError
 from .generate.codec_stream import CodecStream
 from .model import SpeechTokenizer, load_speech_tokenizer
@@ -36,7 +36,7 @@ class EncodedAudio:
 
 
 def _speech_tokenizer_folder(path_or_repo: str | Path) -> Path:
-    folder = resolve(path_or_repo, subfolder_files=SPEECH_TOKENIZER_FILES)
+    folder = resolve(path_or_repo)
     if (folder / "speech_tokenizer" / "config.json").exists():
         return folder / "speech_tokenizer"
     return folder

@@ -68,7 +68,7 @@ class VoiceClonePromptItem:
     icl_mode: bool
     ref_text: Optional[str] = None
 
-    def save(self, path: str | Path, model_kind: str = "base", model_hidden: Optional[int] = None) -> None:
+    def save(self, path: str | Path) -> None:
         """Write a `.safetensors` voice file (tensors + metadata), atomically."""
         from safetensors.torch import save_file
 

@@ -15,7 +15,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +66,43 @@ def make_tiny(checkpoints_dir):
 def tiny_checkpoint(make_tiny) -> Path:
     """A tiny Base checkpoint (it has every network: talker, code predictor, speaker encoder, codec)."""
     return make_tiny("base")
+
+
+@pytest.fixture(scope="session")
+def tiny_tts(make_tiny):
+    """tiny_tts(kind, seed=0) -> Qwen3TTS of a tiny checkpoint on CPU in float32, loaded once per session
+    and shared: a test that changes the model (hooks, quantisation) must undo it or work on a copy."""
+    from q3tts.api import Qwen3TTS
+
+    loaded: dict[tuple, object] = {}
+
+    def load(kind: str = "custom_voice", seed: int = 0):
+        if (kind, seed) not in loaded:
+            loaded[kind, seed] = Qwen3TTS.from_pretrained(make_tiny(kind, seed), device="cpu", dtype="float32")
+        return loaded[kind, seed]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def custom_voice_tts(tiny_tts):
+    """The tiny CustomVoice model (speakers vivian, ryan, ...), shared by the session."""
+    return tiny_tts("custom_voice")
+
+
+def voiced_clip(seconds: float, hz: float = 180.0, seed: int = 0, sr: int = 24000) -> np.ndarray:
+    """A voice-like test clip: a tone with a 3 Hz swell and a little noise, float32 in [-0.5, 0.5]."""
+    t = np.arange(int(sr * seconds)) / sr
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    return (0.3 * np.sin(2 * np.pi * hz * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.05 * noise).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def ref_wav(tmp_path_factory) -> str:
+    """A 2 s reference clip for cloning, as a float WAV file at 24 kHz (25 codec frames)."""
+    path = tmp_path_factory.mktemp("ref") / "ref.wav"
+    sf.write(path, voiced_clip(2.0), 24000, subtype="FLOAT")
+    return str(path)
 
 
 def oracle_required() -> bool:

@@ -71,16 +71,6 @@ def vd(make_tiny):
     return str(make_tiny("voice_design"))
 
 
-@pytest.fixture(scope="module")
-def ref_wav(tmp_path_factory) -> str:
-    t = np.arange(int(24000 * 2.0)) / 24000
-    noise = np.random.default_rng(0).standard_normal(t.size)
-    wav = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.05 * noise
-    path = tmp_path_factory.mktemp("ref") / "ref.wav"
-    sf.write(path, wav.astype(np.float32), 24000, subtype="FLOAT")
-    return str(path)
-
-
 def read(path) -> np.ndarray:
     data, sr = sf.read(path, dtype="float32")
     assert sr == 24000

@@ -17,11 +17,6 @@ from q3tts.nn.quant import Int8Linear, QuantizationError, default_threads, linea
 KERNELS = ["dynamic", "weight_only"]
 
 
-@pytest.fixture(scope="module")
-def tts(make_tiny) -> Qwen3TTS:
-    return Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32")
-
-
 def talker_logits(talker, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(codec-head logits of the talker [B, T, V], code-predictor head-0 logits [B, T, V_cp])."""
     positions = torch.arange(embeds.shape[1])[None].expand(embeds.shape[0], -1)
@@ -33,8 +28,8 @@ def talker_logits(talker, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_quantised_logits_are_close(tts, kernel):
-    talker = tts.checkpoint.networks.talker
+def test_quantised_logits_are_close(custom_voice_tts, kernel):
+    talker = custom_voice_tts.checkpoint.networks.talker
     quantised = quantize_int8_(copy.deepcopy(talker), kernel)
     embeds = torch.randn(3, 16, talker.cfg.hidden_size, generator=torch.Generator().manual_seed(0))
     for ref, got in zip(talker_logits(talker, embeds), talker_logits(quantised, embeds)):
@@ -47,8 +42,8 @@ def test_quantised_logits_are_close(tts, kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_weight_bytes_and_state_dict(tts, kernel):
-    talker = quantize_int8_(copy.deepcopy(tts.checkpoint.networks.talker), kernel)
+def test_weight_bytes_and_state_dict(custom_voice_tts, kernel):
+    talker = quantize_int8_(copy.deepcopy(custom_voice_tts.checkpoint.networks.talker), kernel)
     int8_bytes, fp32_bytes = linear_weight_bytes(talker)
     assert 3.5 < fp32_bytes / int8_bytes <= 4.0  # per-channel fp32 scales cost 4 bytes a row
     layers = {name for name, m in talker.named_modules() if isinstance(m, Int8Linear)}
@@ -60,7 +55,7 @@ def test_weight_bytes_and_state_dict(tts, kernel):
         assert state[f"{name}.weight_int8"].dtype == torch.int8
         assert state[f"{name}.weight_scale"].dtype == torch.float32
         assert f"{name}.weight" not in state
-    reloaded = quantize_int8_(copy.deepcopy(tts.checkpoint.networks.talker), kernel)
+    reloaded = quantize_int8_(copy.deepcopy(custom_voice_tts.checkpoint.networks.talker), kernel)
     reloaded.load_state_dict(state)
     embeds = torch.randn(1, 4, talker.cfg.hidden_size)
     assert torch.equal(talker_logits(reloaded, embeds)[0], talker_logits(talker, embeds)[0])
@@ -76,8 +71,8 @@ def test_generation_runs_after_quantising(make_tiny):
     assert chunks and all(np.isfinite(c).all() for c in chunks)
 
 
-def test_quantising_twice_is_an_error(tts):
-    networks = quantize_int8_(copy.deepcopy(tts.checkpoint.networks))  # quantises the talker inside
+def test_quantising_twice_is_an_error(custom_voice_tts):
+    networks = quantize_int8_(copy.deepcopy(custom_voice_tts.checkpoint.networks))  # quantises the talker inside
     for module in (networks, networks.talker):
         with pytest.raises(QuantizationError, match="already quantised"):
             quantize_int8_(module)

@@ -75,20 +75,15 @@ def test_defaults_come_from_generation_config(make_tiny, tmp_path):
     assert not np.array_equal(a, c)  # an override beats the file
 
 
-@pytest.fixture(scope="module")
-def custom(make_tiny):
-    return Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32")
-
-
-def test_rows_stop_at_their_own_eos(custom, force_eos):
+def test_rows_stop_at_their_own_eos(custom_voice_tts, force_eos):
     """Row r says EOS at talker step stop[r]: it yields stop[r] frames, and the rows still running
     keep the codes they have without the EOS of the others."""
     texts = ["Hello there.", "A second, longer row of text to speak.", "Third row."]
-    utts = custom.utterances(texts, speaker="Vivian", language="English")
-    free = custom.generate_codes(utts, max_new_tokens=12, **GREEDY)
+    utts = custom_voice_tts.utterances(texts, speaker="Vivian", language="English")
+    free = custom_voice_tts.generate_codes(utts, max_new_tokens=12, **GREEDY)
     stop = [3, 9, 5]
-    with force_eos(custom, stop) as steps:
-        codes = custom.generate_codes(utts, max_new_tokens=12, **GREEDY)
+    with force_eos(custom_voice_tts, stop) as steps:
+        codes = custom_voice_tts.generate_codes(utts, max_new_tokens=12, **GREEDY)
     assert [c.shape[0] for c in codes] == stop
     for row, c in enumerate(codes):
         assert torch.equal(c, free[row][: stop[row]])
@@ -102,17 +97,19 @@ LONG_KW = dict(
 
 
 @pytest.fixture(scope="module")
-def long_offline(custom) -> np.ndarray:
+def long_offline(custom_voice_tts) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return custom.generate_custom_voice(LONG_TEXT, **LONG_KW)[0][0]
+        return custom_voice_tts.generate_custom_voice(LONG_TEXT, **LONG_KW)[0][0]
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 4, 25])
-def test_api_stream_equals_offline_beyond_30s(custom, long_offline, chunk):
+def test_api_stream_equals_offline_beyond_30s(custom_voice_tts, long_offline, chunk):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        chunks = list(custom.stream(LONG_TEXT, chunk_frames=chunk, first_chunk_frames=min(chunk, 2), **LONG_KW))
+        chunks = list(
+            custom_voice_tts.stream(LONG_TEXT, chunk_frames=chunk, first_chunk_frames=min(chunk, 2), **LONG_KW)
+        )
     assert long_offline.shape[0] / 24000 > 30
     assert len(chunks) >= 400 // chunk
     assert np.array_equal(np.concatenate(chunks), long_offline)

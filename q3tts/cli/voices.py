@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..console import Status, note, size
-from ..voices import VOICE_SUFFIX, check_voice_name, default_voices_dir, read_voice_header
+from ..voices import VOICE_SUFFIX, check_voice_name, default_voices_dir, list_voice_files, read_voice_header, voice_path
 from .common import UsageError, _check_reference, _load_tts, _read_reference
 from .output import _check_writable
 
@@ -23,8 +23,7 @@ def _voice_file(args, spec: str) -> Path:
         if not path.is_file():
             raise UsageError(f"{spec}: voice file not found")
         return path
-    check_voice_name(spec)
-    path = voices_dir(args) / f"{spec}{VOICE_SUFFIX}"
+    path = voice_path(voices_dir(args), spec)
     if not path.is_file():
         raise UsageError(f"no voice named '{spec}' in {voices_dir(args)} (see 'q3tts voices list')")
     return path
@@ -44,7 +43,7 @@ def voice_summary(path: Path) -> dict:
 def cmd_voices_save(args) -> None:
     name = check_voice_name(args.name)
     folder = voices_dir(args)
-    path = folder / f"{name}{VOICE_SUFFIX}"
+    path = voice_path(folder, name)
     if path.exists() and not args.force:
         raise UsageError(f"voice '{name}' already exists in {folder}; pass --force to replace it")
     _check_reference(args)
@@ -64,8 +63,7 @@ def cmd_voices_save(args) -> None:
 
 def cmd_voices_list(args) -> None:
     folder = voices_dir(args)
-    files = sorted(p for p in folder.glob(f"*{VOICE_SUFFIX}") if not p.name.startswith(".")) if folder.is_dir() else []
-    voices = [voice_summary(p) for p in files]
+    voices = [voice_summary(p) for p in list_voice_files(folder)]
     if args.json:
         print(json.dumps(voices, indent=2))
         return
@@ -83,7 +81,7 @@ def cmd_voices_list(args) -> None:
 
 def cmd_voices_delete(args) -> None:
     name = check_voice_name(args.name)
-    path = voices_dir(args) / f"{name}{VOICE_SUFFIX}"
+    path = voice_path(voices_dir(args), name)
     if not path.is_file():
         raise UsageError(f"no voice named '{name}' in {voices_dir(args)}")
     path.unlink()

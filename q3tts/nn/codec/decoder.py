@@ -103,7 +103,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     rows = x.shape[0]
     if rows % block_rows:
         x = F.pad(x, (0, 0, 0, -rows % block_rows))
-    out = torch.cat([F.linear(block, weight, bias) for block in x.split(block_rows)])
+    blocks = [F.linear(block, weight, bias) for block in x.split(block_rows)]
+    out = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
     return out[:rows].view(*lead, -1)
 
 

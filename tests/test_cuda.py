@@ -12,7 +12,7 @@ GREEDY = dict(do_sample=False, subtalker_dosample=False)
 
 
 @pytest.mark.requires_cuda
-@pytest.mark.filterwarnings("ignore::q3tts.engine.LengthCapWarning")
+@pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCapWarning")
 def test_tiny_model_speaks_on_cuda(make_tiny):
     tts = Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cuda", dtype="bfloat16")
     assert tts.device.type == "cuda" and tts.dtype == torch.bfloat16

@@ -30,6 +30,7 @@ pytest.importorskip("websockets")
 import httpx
 import openai
 import uvicorn
+from serverproc import free_port, wait_ready
 from websockets.sync.client import connect as ws_connect
 
 from q3tts.api import Qwen3TTS
@@ -50,26 +51,6 @@ def frames(n: int) -> dict:
 
 LONG_TEXT = "word " * 38  # 115 tiny-tokenizer tokens: a length cap of 1775 frames, half a minute of generation
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, timeout: float = 120.0, proc=None) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
 @contextmanager

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,14 +17,9 @@ import soundfile as sf
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
+from serverproc import free_port, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model: Path, voices: Path, port: int) -> subprocess.Popen:
@@ -34,17 +27,12 @@ def start_server(model: Path, voices: Path, port: int) -> subprocess.Popen:
            "--port", str(port), "--no-warmup", "--log-level", "warning"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError("server not ready")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", timeout=180, proc=proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
 
 
 def test_a_voice_saved_in_the_ui_survives_kill_9(make_tiny, tmp_path):

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,8 +16,8 @@ import pytest
 import soundfile as sf
 
 pytest.importorskip("fastapi")
-import httpx
 import uvicorn
+from serverproc import free_port, wait_ready
 
 from q3tts.api import Qwen3TTS
 from q3tts.server import Settings, create_app
@@ -27,26 +25,6 @@ from q3tts.server.listen import uvicorn_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCapWarning")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, timeout: float = 120.0, proc=None) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
 @contextmanager

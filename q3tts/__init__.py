@@ -9,17 +9,18 @@ import importlib
 _EXPORTS = {
     "Qwen3TTS": "api",
     "Qwen3TTSModel": "api",
-    "VoiceClonePromptItem": "api",
-    "InputError": "api",
+    "VoiceClonePromptItem": "voices",
+    "InputError": "errors",
+    "Q3TTSError": "errors",
     "Qwen3TTSTokenizer": "speech_tokenizer",
     "EncodedAudio": "speech_tokenizer",
     "CodesError": "speech_tokenizer",
-    "SamplingOptions": "sampling",
+    "SamplingOptions": "generate.sampling",
     "AudioError": "audio",
     "load_audio": "audio",
     "save_audio": "audio",
     "CheckpointError": "checkpoint",
-    "LengthCapWarning": "engine",
+    "LengthCapWarning": "generate.engine",
 }
 __all__ = list(_EXPORTS)
 

@@ -212,7 +212,7 @@ def test_full_queue_gets_429_and_long_requests_are_cut_at_the_timeout(custom_tts
             audio = r.iter_raw()
             first = next(audio)
             busy = httpx.post(url + "/v1/audio/speech", json={**long, **frames(2)})
-            assert busy.status_code == 429 and busy.json()["error"]["code"] == "queue_full"
+            assert busy.status_code == 429 and busy.json()["error"]["code"] == "queue_full", busy.text
             audio = first + b"".join(audio)
         assert time.time() - started < 15 and 0 < len(audio) < 1000 * FRAME * 2
         assert 'q3tts_errors_total{kind="timeout"} 1.0' in httpx.get(url + "/metrics").text

@@ -43,7 +43,11 @@ def test_a_voice_saved_in_the_ui_survives_kill_9(make_tiny, tmp_path):
     sf.write(ref, (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32), 24000)
     proc = start_server(model, voices, port)
     try:
-        client = Client(f"{url}/ui/", verbose=False)
+        # The UI names files only to the browser it gave them to: load the page as a browser would,
+        # then make the calls with its client cookie.
+        page = httpx.get(f"{url}/ui/", timeout=30)
+        cookie = "; ".join(f"{k}={v}" for k, v in page.cookies.items())
+        client = Client(f"{url}/ui/", verbose=False, headers={"Cookie": cookie})
         message, *_ = client.predict(handle_file(str(ref)), "A low hum.", False, "from-ui", api_name="/save_reference")
         assert "from-ui" in message
         # written through the library: its index row exists at once (a plain file would only be

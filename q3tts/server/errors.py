@@ -42,14 +42,15 @@ def as_api_error(e: Exception) -> APIError:
     """The library's exceptions, as the HTTP errors they stand for."""
     if isinstance(e, APIError):
         return e
-    if isinstance(e, (Q3TTSError, AudioError)):  # every user-facing error of the library is the client's mistake
-        return APIError(400, str(e), "invalid_input")
-    if isinstance(e, BodyTooLarge):
-        return APIError(413, str(e), "body_too_large")
+    # The server's own conditions first: QueueFull and SchedulerClosed are Q3TTSErrors too.
     if isinstance(e, QueueFull):
         return APIError(429, str(e), "queue_full")
     if isinstance(e, SchedulerClosed):
         return APIError(503, str(e), "shutting_down")
+    if isinstance(e, BodyTooLarge):
+        return APIError(413, str(e), "body_too_large")
+    if isinstance(e, (Q3TTSError, AudioError)):  # every other user-facing error of the library is the client's mistake
+        return APIError(400, str(e), "invalid_input")
     log.error("request failed", exc_info=e)
     return APIError(500, f"internal error: {type(e).__name__}", "internal_error")
 

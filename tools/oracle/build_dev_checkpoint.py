@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+import reference  # noqa: E402, F401  installs the sox/onnxruntime/torchaudio stubs before qwen_tts loads
 import torch  # noqa: E402
 from qwen_tts.core.models import (  # noqa: E402
     Qwen3TTSConfig,

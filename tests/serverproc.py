@@ -1,11 +1,15 @@
-"""Helpers for tests that run real servers on localhost: a free port, and waiting for /ready."""
+"""Helpers for tests that run real servers on localhost: a free port, waiting for /ready, a server in a thread."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
+import uvicorn
 
 
 def free_port() -> int:
@@ -27,3 +31,19 @@ def wait_ready(url: str, timeout: float = 120.0, proc=None) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+@contextmanager
+def serve_in_thread(config_for_port: Callable[[int], uvicorn.Config]) -> Iterator[str]:
+    """Run the uvicorn config `config_for_port(free port)` in a thread until /ready; yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(config_for_port(port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

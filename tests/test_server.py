@@ -14,7 +14,6 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,7 @@ pytest.importorskip("websockets")
 import httpx
 import openai
 import uvicorn
-from serverproc import free_port, wait_ready
+from serverproc import free_port, serve_in_thread, wait_ready
 from websockets.sync.client import connect as ws_connect
 
 from q3tts.api import Qwen3TTS
@@ -56,17 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @contextmanager
 def live(app):
     """Serve `app` with uvicorn in a thread; yields the base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url)
+    with serve_in_thread(lambda port: uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")) as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:

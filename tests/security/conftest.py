@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,8 +15,7 @@ import pytest
 import soundfile as sf
 
 pytest.importorskip("fastapi")
-import uvicorn
-from serverproc import free_port, wait_ready
+from serverproc import free_port, serve_in_thread, wait_ready
 
 from q3tts.api import Qwen3TTS
 from q3tts.server import Settings, create_app
@@ -30,18 +28,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCap
 @contextmanager
 def live(app, settings: Settings):
     """Serve `app` in a thread with the uvicorn config `q3tts serve` uses; yields the base URL."""
-    port = free_port()
-    config = uvicorn_config(app, settings.model_copy(update={"port": port}), log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url)
+
+    def config(port: int):
+        return uvicorn_config(app, settings.model_copy(update={"port": port}), log_level="warning")
+
+    with serve_in_thread(config) as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from .errors import InputError, Q3TTSError
 from .generate.codec_stream import CodecStream
 from .generate.decode import DecodeBatch, RowRequest
 from .generate.engine import LengthCapWarning, length_cap_message
+from .generate.openmp import release_idle_workers
 from .generate.prompt import Utterance
 from .generate.sampling import SamplingOptions
 
@@ -171,6 +172,7 @@ class SpeechScheduler:
                 fixed = self.static == "eager" or (self.static == "auto" and engine.device.type == "cuda")
                 self._batch = DecodeBatch(engine, self.max_batch, fixed_shape=fixed, graphs=self.static == "auto")
             self._thread = threading.Thread(target=self._run, name="q3tts-scheduler", daemon=True)
+            release_idle_workers()  # the loading thread's team would throttle the decode thread's (openmp.py)
             self._thread.start()
         return self
 
@@ -204,7 +206,10 @@ class SpeechScheduler:
             raise InputError("chunk sizes must be at least 1 frame")
         opts = self.tts.options(**gen_kwargs)
         self._check_room()  # early, before the prompt is built
-        plan = self.tts.plan(utterance, max_piece_tokens, opts)  # in the caller's thread, off the step loop
+        try:
+            plan = self.tts.plan(utterance, max_piece_tokens, opts)  # in the caller's thread, off the step loop
+        finally:
+            release_idle_workers()  # the prompt's ops gave this thread OpenMP workers (openmp.py)
         job = SpeechJob(self, plan, chunk_frames, first_chunk_frames)
         with self._cond:
             self._check_room()  # again, atomically with the put: concurrent submitters cannot overshoot
@@ -240,8 +245,9 @@ class SpeechScheduler:
         assert batch is not None
         while True:
             with self._cond:
-                while (not self._closing and not len(batch) and not batch.prefilling and not self._next_pieces
-                       and self._waiting.empty()):  # fmt: skip
+                if self._idle(batch):  # other threads' torch work must not find our workers holding CPUs
+                    release_idle_workers()
+                while self._idle(batch):
                     self._cond.wait(timeout=1.0)
                 if self._closing:
                     break
@@ -259,6 +265,10 @@ class SpeechScheduler:
         self._fail_all(SchedulerClosed("the speech scheduler shut down"), "cancelled")
         while not self._waiting.empty():
             self._waiting.get()._finish("cancelled", SchedulerClosed("the speech scheduler shut down"))
+
+    def _idle(self, batch: DecodeBatch) -> bool:
+        return (not self._closing and not len(batch) and not batch.prefilling and not self._next_pieces
+                and self._waiting.empty())  # fmt: skip
 
     def _fail_all(self, error: BaseException, reason: str) -> None:
         batch = self._batch

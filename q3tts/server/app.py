@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from ..api import Qwen3TTS
 from ..audio import SAMPLE_RATE
+from ..generate.openmp import releasing_workers
 from ..serving import SpeechScheduler
 from .errors import install_handlers
 from .metrics import Metrics, RequestMiddleware
@@ -106,7 +107,7 @@ async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> N
     try:
         if tts is None:
             log.info("loading %s", settings.model)
-            tts = await asyncio.to_thread(Qwen3TTS.from_pretrained, settings.model, device=settings.device,
+            tts = await asyncio.to_thread(releasing_workers(Qwen3TTS.from_pretrained), settings.model, device=settings.device,
                                           dtype=settings.dtype, quantize=settings.quantize)  # fmt: skip
         voices = getattr(app.state, "voice_library", None) or await asyncio.to_thread(VoiceLibrary, settings.voices_dir)
         if scheduler is None:
@@ -116,7 +117,7 @@ async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> N
             app.state.models.adopt(settings.model_id, tts, scheduler)
         service = SpeechService(settings, tts, scheduler, voices, app.state.metrics)
         if settings.warmup:
-            await asyncio.to_thread(_warm_up, service)
+            await asyncio.to_thread(releasing_workers(_warm_up), service)
         app.state.service = service
         log.info("ready: %s (%s) on %s", settings.model_id, service.task, tts.device)
     except asyncio.CancelledError:

@@ -19,6 +19,7 @@ import soundfile as sf
 
 from ..api import Qwen3TTS
 from ..audio import SAMPLE_RATE, load_audio
+from ..generate.openmp import releasing_workers
 from ..generate.prompt import Utterance
 from ..serving import SpeechJob, SpeechScheduler
 from ..voices import BadVoiceName
@@ -63,7 +64,7 @@ class SpeechService:
                 raise APIError(400, f"{field} is {getattr(o, field)}; this server allows at most {cap}",
                                "too_many_tokens", field)  # fmt: skip
         kwargs = await self._voice_kwargs(o)
-        utts = await asyncio.to_thread(self.tts.utterances, text, language=o.language, **kwargs)
+        utts = await asyncio.to_thread(releasing_workers(self.tts.utterances), text, language=o.language, **kwargs)
         return utts[0]
 
     async def _voice_kwargs(self, o: VoiceOptions) -> dict:
@@ -235,7 +236,7 @@ class SpeechService:
             raise APIError(409, f"a voice named '{name}' already exists; delete it first", "voice_exists", "name")
         wav = await asyncio.to_thread(self.reference_audio, audio)
         ref_text = (ref_text or "").strip() or None
-        items = await asyncio.to_thread(self.tts.create_voice_clone_prompt, (wav, SAMPLE_RATE), ref_text,
+        items = await asyncio.to_thread(releasing_workers(self.tts.create_voice_clone_prompt), (wav, SAMPLE_RATE), ref_text,
                                         x_vector_only_mode or ref_text is None)  # fmt: skip
         try:
             voice = await asyncio.to_thread(self.voices.add, name, items[0], len(wav) / SAMPLE_RATE)

@@ -30,6 +30,7 @@ import numpy as np
 from gradio import processing_utils
 
 from ..console import one_line
+from ..generate.openmp import releasing_workers
 from ..voices import default_voices_dir
 from .models import KINDS, ModelManager, ModelUnavailable, format_bytes, parse_model_specs
 from .security import GuardMiddleware, HostPolicy
@@ -356,7 +357,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                         raise gr.Error("keeping a designed voice needs a Base model; none is configured")
                     wav, sr, text = state
                     with models.use("base") as (tts, _):
-                        item = tts.create_voice_clone_prompt((wav, sr), ref_text=text)[0]
+                        item = releasing_workers(tts.create_voice_clone_prompt)((wav, sr), ref_text=text)[0]
                     return save_voice(name, item, len(wav) / sr)
 
                 runs.append(dc_run.click(run_design_clone, [dc_desc, dc_lang, dc_text, *settings], [*dc_out, designed]))
@@ -464,7 +465,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 raise gr.Error("saving a voice needs a Base model; none is configured")
             (wav, sr), ref_text = uploaded_audio(request, ref), (ref_text or "").strip() or None
             with models.use("base") as (tts, _):
-                item = tts.create_voice_clone_prompt((wav, sr), ref_text, bool(xvec))[0]
+                item = releasing_workers(tts.create_voice_clone_prompt)((wav, sr), ref_text, bool(xvec))[0]
             return save_voice(name, item, len(wav) / sr), *voice_views()
 
         @_guarded

@@ -59,6 +59,7 @@ class SpeechJob:
         self.audio: queue.Queue = queue.Queue()  # float32 chunks, then _END
         self.cancelled = threading.Event()
         self.submitted_at = time.perf_counter()
+        self.admitted_at: Optional[float] = None  # when its first piece joined the batch
         self.first_chunk_seconds: Optional[float] = None
         self.audio_seconds = 0.0
         self.frames_generated = 0
@@ -70,6 +71,11 @@ class SpeechJob:
     @property
     def opts(self) -> SamplingOptions:
         return self.plan.opts
+
+    @property
+    def queue_seconds(self) -> Optional[float]:
+        """Seconds between submit and joining the batch (None while still waiting, or never admitted)."""
+        return None if self.admitted_at is None else self.admitted_at - self.submitted_at
 
     # -- scheduler side -------------------------------------------------------------------------
     # Decoding runs in the scheduler thread too: one thread doing all the torch work keeps the
@@ -304,6 +310,7 @@ class SpeechScheduler:
                 self._stats.errors += 1
                 job._finish("error", e)
                 continue
+            job.admitted_at = time.perf_counter()
             joining.append(job)
         if joining:
             try:

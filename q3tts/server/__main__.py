@@ -5,7 +5,6 @@ Every flag maps to a Settings field; unset flags fall back to the Q3TTS_* enviro
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
 
@@ -14,7 +13,13 @@ from pydantic import ValidationError
 from .settings import Settings
 
 FLAGS = [  # (flag, settings field, type, help)
-    ("--model", "model", str, "checkpoint folder or Hugging Face repo id"),
+    (
+        "--model",
+        "model",
+        str,
+        "checkpoint folder or Hugging Face repo id; or NAME=PATH, repeated, to serve several models "
+        "(requests pick one with `model`; the first is the default)",
+    ),
     ("--served-model-name", "served_model_name", str, "model id shown by /v1/models (default: --model)"),
     ("--host", "host", str, "address to listen on (default 127.0.0.1)"),
     ("--port", "port", int, "port, 1-65535 (default 8000)"),
@@ -64,8 +69,12 @@ FLAGS = [  # (flag, settings field, type, help)
     ("--header-timeout", "header_timeout", float, "seconds a client has to send a request head (default 10)"),
     ("--keep-alive-timeout", "keep_alive_timeout", int, "seconds an idle connection stays open (default 5)"),
     ("--max-connections", "max_connections", int, "open connections before 503 (default 1024)"),
+    ("--max-loaded-models", "max_loaded_models", int, "models loaded at once; the least recently used unloads"),
+    ("--memory-budget", "memory_budget", str, "most weight bytes loaded at once, e.g. 8GiB (LRU unload beyond)"),
+    ("--drain-timeout", "drain_timeout", float, "seconds requests in flight may finish after SIGTERM (default 30)"),
+    ("--log-format", "log_format", str, "text or json (one JSON object per line, with request_id)"),
 ]
-REPEATED = ("api_keys", "ui_models", "allowed_hosts", "allowed_origins")
+REPEATED = ("api_keys", "ui_models", "allowed_hosts", "allowed_origins", "model")
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -81,6 +90,11 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     given = {field: getattr(args, field) for _, field, _, _ in FLAGS if getattr(args, field, None) is not None}
+    specs = given.pop("model", None) or []
+    if len(specs) == 1 and "=" not in specs[0]:  # one checkpoint, as before
+        given["model"] = specs[0]
+    elif specs:
+        given["models"] = specs
     for flag in ("warmup", "ui"):
         if getattr(args, flag, None) is not None:
             given[flag] = getattr(args, flag)
@@ -88,10 +102,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from .app import create_app
     from .listen import uvicorn_config
+    from .ops import DrainingServer, configure_logging
 
     try:
         settings = settings_from_args(args)
@@ -101,7 +115,7 @@ def serve(args: argparse.Namespace) -> int:
         )
         print(f"q3tts serve: error: {problems}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, settings.log_format)
     holder: dict = {}
 
     def stop() -> None:  # the model did not load: exit instead of serving 503s forever
@@ -109,7 +123,10 @@ def serve(args: argparse.Namespace) -> int:
         holder["server"].should_exit = True
 
     app = create_app(settings, on_fatal=stop)
-    server = uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level))
+    # log_config=None: uvicorn's loggers write through the root handler (request ids, JSON);
+    # after the drain, connections still open get 2 s before they are cut.
+    config = uvicorn_config(app, settings, log_level=args.log_level, log_config=None, timeout_graceful_shutdown=2)
+    server = DrainingServer(config, app.state.ops, settings.drain_timeout)
     holder["server"] = server
     server.run()
     return 1 if holder.get("failed") else 0

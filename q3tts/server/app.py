@@ -1,7 +1,10 @@
-"""The FastAPI app: `create_app(settings)` builds it; the model loads and warms up in the lifespan.
+"""The FastAPI app: `create_app(settings)` builds it; the default model loads and warms up in the lifespan.
 
-/health answers as soon as the process is up; /ready (and /v1/*) once the model is loaded and has
-generated one short utterance. Tests pass a loaded `tts` (and optionally a `scheduler`)."""
+/health answers as soon as the process is up; /ready (and /v1/*) once the default model is loaded and
+has generated one short utterance. The served models (`--model NAME=PATH`, repeated; the UI's
+`--ui-model`s too) live in one ModelManager that the API (routing.py) and the web UI share: the
+others load on first use, each with its own scheduler. Tests pass a loaded `tts` (and optionally
+a `scheduler`): it is served as `settings.model_id` and never unloaded."""
 
 from __future__ import annotations
 
@@ -21,8 +24,11 @@ from ..generate.openmp import releasing_workers
 from ..serving import SpeechScheduler
 from .errors import install_handlers
 from .metrics import Metrics, RequestMiddleware
+from .models import ModelManager
 from .openapi import install_openapi
+from .ops import OpsMiddleware, OpsState
 from .routes import ops, v1
+from .routing import ModelRouter
 from .security import GuardMiddleware, HostPolicy, install_log_redaction, key_matches
 from .settings import Settings
 from .speech import SpeechService
@@ -50,47 +56,62 @@ def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = No
             loading.cancel()
             if app.state.models is not None:
                 await asyncio.to_thread(app.state.models.close)
-            if app.state.scheduler is not None:
+            if app.state.scheduler is not None:  # a given (pinned) model's: the manager leaves it
                 await asyncio.to_thread(app.state.scheduler.close)
 
     app = FastAPI(title="q3tts", summary="Qwen3-TTS speech server (OpenAI-compatible)", lifespan=lifespan)
     app.state.settings = settings
-    app.state.service = None  # set once loaded and warmed up
+    app.state.router = None  # set once the default model is loaded and warmed up
     app.state.scheduler = None
     app.state.load_error = None
     app.state.started = time.time()
-    app.state.metrics = Metrics(lambda: app.state.scheduler.stats() if app.state.scheduler else None)
+    app.state.ops = OpsState()
+    app.state.models = _model_manager(app, settings, given=tts is not None)
+    app.state.metrics = Metrics(lambda: {n: s.stats() for n, s in app.state.models.schedulers().items()}
+                                if app.state.models is not None else None)  # fmt: skip
     install_handlers(app)
     app.include_router(v1)
     app.include_router(ops)
     install_openapi(app)
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics,
                        max_body=settings.max_upload_bytes * 4 // 3 + (1 << 20))  # base64 + form overhead  # fmt: skip
-    app.state.models = _mount_ui(app, settings, tts) if settings.ui else None
-    # Outermost: a foreign Host or browser Origin is refused before any route (the UI's too) runs.
+    if settings.ui and app.state.models is not None:
+        _mount_ui(app, settings, app.state.models)
+    # Outer: a foreign Host or browser Origin is refused before any route (the UI's too) runs.
     policy = HostPolicy(settings.host, settings.allowed_hosts, settings.allowed_origins)
     app.add_middleware(GuardMiddleware, policy=policy, max_headers=settings.max_headers)
+    # Outermost: every response (refusals too) carries a request id; draining refuses here.
+    app.add_middleware(OpsMiddleware, state=app.state.ops)
     install_log_redaction()
     return app
 
 
-def _mount_ui(app: FastAPI, settings: Settings, tts: Optional[Qwen3TTS]):
-    """The web UI at /ui over a ModelManager that shares the served model (adopted once loaded)
-    and can load `ui_models` too. Without gradio, or when it cannot be set up, the API runs alone."""
+def _model_manager(app: FastAPI, settings: Settings, given: bool) -> Optional[ModelManager]:
+    """The served models (configs only, nothing loads here). A given `tts` is adopted at load as
+    `model_id`, so it is left out here. None (and the load error set) if a checkpoint is unusable."""
+    try:
+        specs = settings.served_models()
+        if given:
+            specs.pop(settings.model_id, None)
+        return ModelManager(specs, device=settings.device, dtype=settings.dtype, max_batch=settings.max_batch,
+                            max_queue=settings.max_queue, quantize=settings.quantize,
+                            max_loaded=settings.max_loaded_models, memory_budget=settings.memory_budget)  # fmt: skip
+    except Exception as e:  # reported by the lifespan, which stops the server (on_fatal)
+        app.state.load_error = f"{type(e).__name__}: {e}"
+        return None
+
+
+def _mount_ui(app: FastAPI, settings: Settings, models: ModelManager) -> None:
+    """The web UI at /ui over the API's own ModelManager: a model loaded or switched there is the
+    one the API serves. Without gradio, or when it cannot be set up, the API runs alone."""
     try:
         import gradio  # noqa: F401
     except ImportError:
         log.info("web UI off: install the `ui` extra (gradio) for /ui")
-        return None
-    from .models import ModelManager, parse_model_specs
+        return
     from .ui import mount_ui
 
     try:
-        specs = parse_model_specs(settings.ui_models)
-        if tts is None:  # configured now (configs only), so the UI knows the served model's speakers
-            specs = {settings.model_id: settings.model, **specs}
-        models = ModelManager(specs, device=settings.device, dtype=settings.dtype, max_batch=settings.max_batch,
-                              max_queue=settings.max_queue, quantize=settings.quantize)  # fmt: skip
         keys = list(settings.api_keys)
         # With API keys set, the UI asks for one too (as the password; any user name).
         auth = (lambda _user, password: key_matches(keys, password)) if keys else None
@@ -99,27 +120,31 @@ def _mount_ui(app: FastAPI, settings: Settings, tts: Optional[Qwen3TTS]):
         mount_ui(app, models, app.state.voice_library, auth=auth)
     except Exception as e:  # the API must come up even if the UI cannot
         log.warning("web UI off: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return None
-    return models
 
 
 async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> None:
     try:
+        models: Optional[ModelManager] = app.state.models
+        if models is None:
+            raise RuntimeError(app.state.load_error or "no model is configured")
+        default = settings.model_id
         if tts is None:
-            log.info("loading %s", settings.model)
-            tts = await asyncio.to_thread(releasing_workers(Qwen3TTS.from_pretrained), settings.model, device=settings.device,
-                                          dtype=settings.dtype, quantize=settings.quantize)  # fmt: skip
+            log.info("loading %s (%s)", default, settings.served_models()[default])
+            tts, scheduler = await asyncio.to_thread(releasing_workers(models.load), default)
+        else:
+            scheduler = (scheduler or SpeechScheduler(tts, max_batch=settings.max_batch,
+                                                      max_queue=settings.max_queue)).start()  # fmt: skip
+            models.adopt(default, tts, scheduler)
+        app.state.scheduler = scheduler
         voices = getattr(app.state, "voice_library", None) or await asyncio.to_thread(VoiceLibrary, settings.voices_dir)
-        if scheduler is None:
-            scheduler = SpeechScheduler(tts, max_batch=settings.max_batch, max_queue=settings.max_queue)
-        app.state.scheduler = scheduler.start()
-        if app.state.models is not None:
-            app.state.models.adopt(settings.model_id, tts, scheduler)
-        service = SpeechService(settings, tts, scheduler, voices, app.state.metrics)
+        router = ModelRouter(settings, models, voices, app.state.metrics, default)
+        service = SpeechService(settings, tts, scheduler, voices, app.state.metrics, name=default)
         if settings.warmup:
             await asyncio.to_thread(releasing_workers(_warm_up), service)
-        app.state.service = service
-        log.info("ready: %s (%s) on %s", settings.model_id, service.task, tts.device)
+        app.state.router = router
+        others = [n for n in models.names if n != default]
+        log.info("ready: %s (%s) on %s%s", default, service.task, tts.device,
+                 f"; also served, loaded on first use: {', '.join(others)}" if others else "")  # fmt: skip
     except asyncio.CancelledError:
         raise
     except Exception as e:

@@ -14,6 +14,9 @@ RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class Metrics:
+    """`stats()`: {model name: its scheduler's stats()} of the loaded models (or None before any).
+    Totals keep their unlabelled names; `q3tts_model_*` series carry a `model` label."""
+
     def __init__(self, stats: Callable[[], Optional[dict]]):
         self.registry = CollectorRegistry()
         r = self.registry
@@ -25,13 +28,27 @@ class Metrics:
         self.rtf = Histogram("q3tts_real_time_factor", "Generation wall time / audio duration (below 1: faster "
                              "than real time)", buckets=RTF_BUCKETS, registry=r)  # fmt: skip
         self.audio_seconds = Counter("q3tts_audio_seconds", "Seconds of audio generated", registry=r)
+        self.queue_wait = Histogram("q3tts_queue_wait_seconds", "From submit to joining a batch, by model", ["model"],
+                                    buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.model_requests = Counter("q3tts_model_requests", "Speech requests generated, by model", ["model"],
+                                      registry=r)  # fmt: skip
+        self.model_ttfa = Histogram("q3tts_model_time_to_first_audio_seconds", "Time to first audio, by model",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.model_audio_seconds = Counter("q3tts_model_audio_seconds", "Seconds of audio generated, by model",
+                                           ["model"], registry=r)  # fmt: skip
         r.register(_SchedulerCollector(stats))
 
-    def observe_job(self, ttfa: Optional[float], audio_seconds: float, wall_seconds: float) -> None:
+    def observe_job(self, ttfa: Optional[float], audio_seconds: float, wall_seconds: float, model: str = "default",
+                    queue_seconds: Optional[float] = None) -> None:  # fmt: skip
+        self.model_requests.labels(model).inc()
+        if queue_seconds is not None:
+            self.queue_wait.labels(model).observe(queue_seconds)
         if ttfa is not None:
             self.ttfa.observe(ttfa)
+            self.model_ttfa.labels(model).observe(ttfa)
         if audio_seconds > 0:
             self.audio_seconds.inc(audio_seconds)
+            self.model_audio_seconds.labels(model).inc(audio_seconds)
             self.rtf.observe(wall_seconds / audio_seconds)
 
     def render(self) -> bytes:
@@ -45,13 +62,23 @@ class _SchedulerCollector:
         self.stats = stats
 
     def collect(self):
-        s = self.stats() or {}
-        for name, key, help in (("q3tts_active_requests", "active", "Requests generating now"),
-                                ("q3tts_queue_depth", "queued", "Requests waiting for a batch slot"),
-                                ("q3tts_max_batch", "max_batch", "Batch slots")):  # fmt: skip
-            yield GaugeMetricFamily(name, help, value=s.get(key, 0))
+        per_model = self.stats() or {}
+        series = (("active_requests", "active", "Requests generating now"),
+                  ("queue_depth", "queued", "Requests waiting for a batch slot"),
+                  ("max_batch", "max_batch", "Batch slots"))  # fmt: skip
+        for name, key, help in series:
+            yield GaugeMetricFamily(f"q3tts_{name}", help, value=sum(s.get(key, 0) for s in per_model.values()))
+            labelled = GaugeMetricFamily(f"q3tts_model_{name}", f"{help}, by loaded model", labels=["model"])
+            for model, s in per_model.items():
+                labelled.add_metric([model], s.get(key, 0))
+            yield labelled
+        # A model's scheduler counts from its load: an unload is a counter reset, as rate() expects.
         yield CounterMetricFamily("q3tts_frames_generated", "Codec frames generated (12.5 per second of audio)",
-                                  value=s.get("frames_generated", 0))  # fmt: skip
+                                  value=sum(s.get("frames_generated", 0) for s in per_model.values()))  # fmt: skip
+        loaded = GaugeMetricFamily("q3tts_model_loaded", "1 for each loaded model", labels=["model"])
+        for model in per_model:
+            loaded.add_metric([model], 1)
+        yield loaded
 
 
 class BodyTooLarge(Exception):

@@ -46,20 +46,22 @@ def install_openapi(app: FastAPI) -> None:
         schemas = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
-        service = app.state.service
-        if service is not None:
-            _narrow(schema, service)
+        router = app.state.router
+        if router is not None:
+            _narrow(schema, router.schema_view())
         return schema
 
     app.openapi = openapi
 
 
 def _narrow(schema: dict, service) -> None:
-    """Request fields as the loaded model takes them."""
+    """Request fields as the default model takes them (`service`: ModelRouter.schema_view())."""
     schemas = schema["components"]["schemas"]
     settings, task = service.settings, service.task
-    models = sorted({settings.model_id, str(settings.model), *OPENAI_MODEL_NAMES})
-    languages = service.tts.get_supported_languages()
+    models = sorted({*service.names, *OPENAI_MODEL_NAMES})
+    languages = service.languages
+    if service.several:  # several models served: a request's voice fields depend on its model
+        task = None
     if task == "CustomVoice":
         voices = list(service.speakers)
     elif task == "Base":
@@ -74,25 +76,26 @@ def _narrow(schema: dict, service) -> None:
             props["model"] = {"anyOf": [{"enum": models}, {"type": "null"}], "title": "Model"}
         if "input" in props:
             props["input"].update(maxLength=settings.max_text_chars, pattern=r"\S")  # not only whitespace
-        props["language"] = {"anyOf": [{"enum": languages}, {"type": "null"}], "title": "Language"}
-        props["task_type"] = {"anyOf": [{"enum": [task]}, {"type": "null"}], "title": "Task Type"}
+        if task is not None:
+            props["language"] = {"anyOf": [{"enum": languages}, {"type": "null"}], "title": "Language"}
+        props["task_type"] = {"anyOf": [{"enum": service.tasks}, {"type": "null"}], "title": "Task Type"}
         if settings.max_new_tokens is not None:
             for field in ("max_new_tokens", "min_new_tokens"):
                 props[field] = {"anyOf": [{"type": "integer", "minimum": 0 if field == "min_new_tokens" else 2,
                                            "maximum": settings.max_new_tokens}, {"type": "null"}], "title": field}  # fmt: skip
         if "speed" in props:
-            props["speed"] = {"enum": [1.0], "default": 1.0, "title": "Speed"}
+            props["speed"] = {"type": "number", "minimum": 0.25, "maximum": 4.0, "default": 1.0, "title": "Speed"}
         if voices is not None:
             named = {"enum": voices} if voices else {"not": {}}
             props["voice"] = {"anyOf": [named, {"type": "object", "properties": {"id": named}, "required": ["id"]},
                                         {"type": "null"}], "title": "Voice"}  # fmt: skip
-        if task == "CustomVoice" and getattr(service.tts.checkpoint.config, "tts_model_size", None) == "0b6":
+        if task == "CustomVoice" and service.size == "0b6":
             props["instructions"] = {"type": "null", "title": "Instructions"}  # the 0.6B takes none
-        if task != "Base":  # only Base models clone: the reference fields are not read
+        if task not in ("Base", None):  # only Base models clone: the reference fields are not read
             for field in ("ref_audio", "ref_text", "x_vector_only_mode"):
                 props.pop(field, None)
     paths = schema.get("paths", {})
-    if task != "Base":  # only a Base model saves cloned voices
+    if task not in ("Base", None):  # only a Base model saves cloned voices
         paths.get("/v1/audio/voices", {}).pop("post", None)
     for operation in paths.get("/v1/audio/voices/{name}", {}).values():
         for param in operation.get("parameters", []):

@@ -41,6 +41,8 @@ class VoiceOptions(BaseModel):
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     repetition_penalty: Optional[float] = Field(None, gt=0.0, le=2.0)
     initial_codec_chunk_frames: Optional[int] = Field(None, ge=1, le=100)  # frames in the first audio chunk
+    # OpenAI's speaking rate: the audio is time-scaled as it streams, pitch kept (q3tts/timescale.py)
+    speed: float = Field(1.0, ge=0.25, le=4.0)
 
     @field_validator("voice")
     @classmethod
@@ -67,7 +69,6 @@ class SpeechRequest(VoiceOptions):
     model: Optional[str] = None
     input: str = Field(min_length=1)
     response_format: ResponseFormat = "mp3"  # OpenAI's default
-    speed: float = 1.0  # only 1.0: the model has no rate control
     stream_format: Literal["audio", "sse"] = "audio"
 
 
@@ -75,6 +76,7 @@ class StreamSessionConfig(VoiceOptions):
     """WebSocket `session.config`: audio goes back as pcm (s16le) or wav chunks."""
 
     type: Literal["session.config"] = "session.config"
+    model: Optional[str] = None  # a served model's name (as `model` of /v1/audio/speech)
     response_format: Literal["pcm", "wav"] = "pcm"
 
 
@@ -122,6 +124,11 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    kind: Optional[TaskType] = None
+    size: Optional[str] = None  # the checkpoint's size label ("0b6", "1b7", "tiny")
+    loaded: Optional[bool] = None
+    weights_bytes: Optional[int] = None  # measured while loaded, estimated from the files before
+    default: Optional[bool] = None  # serves requests that name no model
 
 
 class ModelList(BaseModel):

@@ -59,8 +59,22 @@ class Settings(BaseSettings):
     header_timeout: float = Field(10.0, gt=0)  # seconds to send a whole request head (slow clients are cut)
     keep_alive_timeout: int = Field(5, ge=1)  # seconds an idle keep-alive connection stays open
     max_connections: int = Field(1024, ge=1)  # open connections before new requests get 503
+    # -- many models, operations (docs/server.md "Many models" and "Operations") --
+    # Checkpoints served together, as NAME=PATH (`--model` repeated); when given, they replace
+    # `model`, the first is the default of requests that name none. Q3TTS_MODELS takes a comma list.
+    models: Annotated[list[str], NoDecode] = []
+    max_loaded_models: Optional[int] = Field(None, ge=1)  # models loaded at once (least recently used unloads)
+    # The most weight bytes loaded at once: a number of bytes, or with a unit (512MiB, 4GiB, 2GB).
+    memory_budget: Optional[int] = None
+    drain_timeout: float = Field(30.0, ge=0)  # seconds in-flight requests may run on after SIGTERM
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per log line (with request_id)
 
-    @field_validator("api_keys", "ui_models", "allowed_hosts", "allowed_origins", mode="before")
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _parse_bytes(cls, value):
+        return parse_bytes(value) if isinstance(value, str) else value
+
+    @field_validator("api_keys", "ui_models", "allowed_hosts", "allowed_origins", "models", mode="before")
     @classmethod
     def _split_keys(cls, value):
         if isinstance(value, str):
@@ -82,4 +96,27 @@ class Settings(BaseSettings):
 
     @property
     def model_id(self) -> str:
-        return self.served_model_name or self.model
+        """The default model's name: the first of `models`, else `served_model_name` or `model`."""
+        return next(iter(self.served_models())) if self.models else (self.served_model_name or self.model)
+
+    def served_models(self) -> dict[str, str]:
+        """name -> checkpoint of every model the API serves (the default first), then the UI's extras."""
+        from .models import parse_model_specs
+
+        served = parse_model_specs(self.models) if self.models else {self.served_model_name or self.model: self.model}
+        extra = {k: v for k, v in parse_model_specs(self.ui_models).items() if k not in served}
+        return {**served, **extra}
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """Bytes from "4GiB", "512 MB" or "1000000"."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"'{text}' is not a size: give bytes, or a number with KiB/MiB/GiB/KB/MB/GB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])

@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import time
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Callable, Optional
 
 import numpy as np
 import soundfile as sf
@@ -22,11 +22,12 @@ from ..audio import SAMPLE_RATE, load_audio
 from ..generate.openmp import releasing_workers
 from ..generate.prompt import Utterance
 from ..serving import SpeechJob, SpeechScheduler
+from ..timescale import TimeStretch
 from ..voices import BadVoiceName
 from .encoders import MEDIA_TYPES, STREAMED, make_encoder
 from .errors import APIError, as_api_error, error_body
 from .metrics import Metrics
-from .protocol import OPENAI_MODEL_NAMES, TASK_OF_KIND, SpeechRequest, VoiceOptions
+from .protocol import TASK_OF_KIND, SpeechRequest, VoiceOptions
 from .settings import Settings
 from .voices import VoiceExists, VoiceLibrary, VoiceNotFound, check_name
 
@@ -34,19 +35,30 @@ log = logging.getLogger("q3tts.server")
 
 
 class SpeechService:
+    """One model's requests. The router (routing.py) makes one per request, holding a lease on the
+    model that `release()` gives back once the response is sent (the model may then be unloaded)."""
+
     def __init__(self, settings: Settings, tts: Qwen3TTS, scheduler: SpeechScheduler, voices: VoiceLibrary,
-                 metrics: Metrics):  # fmt: skip
+                 metrics: Metrics, name: Optional[str] = None, release: Optional[Callable[[], None]] = None):  # fmt: skip
         self.settings, self.tts, self.scheduler, self.voices, self.metrics = settings, tts, scheduler, voices, metrics
+        self.name = name or settings.model_id
         self.task = TASK_OF_KIND[tts.kind]
         self.speakers = tts.get_supported_speakers() or []
+        self._release = release
+
+    def release(self) -> None:
+        """Give the model back (idempotent: the stream's end and the response's end both call it)."""
+        if self._release is not None:
+            self._release()
+
+    async def released_after(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for data in stream:
+                yield data
+        finally:
+            self.release()
 
     # -- requests -> utterances -----------------------------------------------------------------
-    def check_model(self, name: Optional[str]) -> None:
-        known = {self.settings.model_id, str(self.settings.model), *OPENAI_MODEL_NAMES}
-        if name and name not in known:
-            raise APIError(404, f"model '{name}' is not served here; this server runs '{self.settings.model_id}'",
-                           "model_not_found", "model")  # fmt: skip
-
     def builtin_voices(self) -> list[str]:
         return list(self.speakers)
 
@@ -146,10 +158,12 @@ class SpeechService:
         finally:
             if job.finish_reason is None:
                 job.cancel()
-            self.metrics.observe_job(job.first_chunk_seconds, job.audio_seconds, time.perf_counter() - started)
+            self.metrics.observe_job(job.first_chunk_seconds, job.audio_seconds, time.perf_counter() - started,
+                                     model=self.name, queue_seconds=job.queue_seconds)  # fmt: skip
 
     async def start(self, o: VoiceOptions, text: str) -> tuple[SpeechJob, AsyncIterator[np.ndarray]]:
-        """Validate, submit, and wait for the first chunk: errors up to then raise here."""
+        """Validate, submit, and wait for the first chunk: errors up to then raise here. The audio
+        comes at `o.speed` (pitch kept: timescale.py), changed chunk by chunk as it streams."""
         utt = await self.utterance(o, text)
         job = await asyncio.to_thread(self.submit, utt, o)
         chunks = self.chunks(job)
@@ -160,16 +174,15 @@ class SpeechService:
         except BaseException:
             await chunks.aclose()
             raise
-        return job, _prepend(first, chunks)
+        audio = _prepend(first, chunks)
+        return job, audio if o.speed == 1.0 else _at_speed(audio, o.speed)
 
     async def speech(self, req: SpeechRequest) -> tuple[AsyncIterator[bytes], str, dict]:
         """POST /v1/audio/speech: (body, media type, headers)."""
-        self.check_model(req.model)
-        if req.speed != 1.0:
-            raise APIError(400, "speed must be 1.0: Qwen3-TTS has no speaking-rate control", "unsupported_speed",
-                           "speed")  # fmt: skip
         job, audio = await self.start(req, req.input)
         headers = {
+            "X-Model": self.name,
+            "X-Audio-Speed": f"{req.speed:g}",
             "X-Sample-Rate": str(self.tts.sample_rate),
             "X-Audio-Channels": "1",
             "X-Audio-Streamed": "true" if req.response_format in STREAMED else "false",
@@ -218,11 +231,7 @@ class SpeechService:
 
     # -- voices ---------------------------------------------------------------------------------
     def list_voices(self) -> dict:
-        saved = [v.public() for v in self.voices.list()]
-        usable = self.builtin_voices() if self.task == "CustomVoice" else [v["name"] for v in saved]
-        if self.task == "VoiceDesign":
-            usable = []
-        return {"voices": usable, "builtin_voices": self.builtin_voices(), "uploaded_voices": saved}
+        return list_voices(self.voices, self.task, self.builtin_voices())
 
     async def create_voice(self, name: str, audio: bytes, ref_text: Optional[str], x_vector_only_mode: bool) -> dict:
         if self.task != "Base":
@@ -246,11 +255,38 @@ class SpeechService:
         return voice.public()
 
     def delete_voice(self, name: str) -> dict:
-        try:
-            self.voices.delete(name)
-        except VoiceNotFound:
-            raise APIError(404, f"voice '{name}' not found", "voice_not_found", "name") from None
-        return {"id": name, "object": "voice", "deleted": True}
+        return delete_saved_voice(self.voices, name)
+
+
+def delete_saved_voice(voices: VoiceLibrary, name: str) -> dict:
+    """DELETE /v1/audio/voices/{name}: no model is needed."""
+    try:
+        voices.delete(name)
+    except VoiceNotFound:
+        raise APIError(404, f"voice '{name}' not found", "voice_not_found", "name") from None
+    return {"id": name, "object": "voice", "deleted": True}
+
+
+def list_voices(voices: VoiceLibrary, task: str, builtin: list[str]) -> dict:
+    """GET /v1/audio/voices for a model of `task` with these built-in speakers."""
+    saved = [v.public() for v in voices.list()]
+    usable = list(builtin) if task == "CustomVoice" else [v["name"] for v in saved]
+    if task == "VoiceDesign":
+        usable = []
+    return {"voices": usable, "builtin_voices": list(builtin), "uploaded_voices": saved}
+
+
+async def _at_speed(audio: AsyncIterator[np.ndarray], speed: float) -> AsyncIterator[np.ndarray]:
+    """The chunks time-scaled as they come (the same samples as scaling the whole clip at once)."""
+    stretch = TimeStretch(speed)
+    try:
+        async for chunk in audio:
+            if (out := stretch.push(chunk)).size:
+                yield out
+        if (out := stretch.finish()).size:
+            yield out
+    finally:
+        await audio.aclose()
 
 
 async def _prepend(first: Optional[np.ndarray], rest: AsyncIterator[np.ndarray]) -> AsyncIterator[np.ndarray]:

@@ -1,8 +1,8 @@
 """WS /v1/audio/speech/stream: text arrives in pieces, each sentence is spoken as soon as it is complete.
 
 Client -> server (JSON text frames), named as vLLM-Omni names them:
-  {"type": "session.config", voice, language, instructions, response_format: "pcm"|"wav", ...}
-      optional; any /v1/audio/speech voice or generation field; applies to sentences queued after it
+  {"type": "session.config", model, voice, language, instructions, speed, response_format: "pcm"|"wav", ...}
+      optional; any /v1/audio/speech model, voice or generation field; applies to sentences queued after it
   {"type": "input.text", "text": "..."}      more text; complete sentences start generating at once
   {"type": "input.done"}                     flush: speak the rest of the buffer, then `session.done`
   {"type": "session.close"}                  flush, finish, close the connection
@@ -26,10 +26,11 @@ from typing import Optional
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..audio import SAMPLE_RATE
 from .encoders import PCMEncoder, WAVEncoder
 from .errors import as_api_error
 from .protocol import StreamSessionConfig, unicode_problem
-from .speech import SpeechService
+from .routing import ModelRouter
 
 log = logging.getLogger("q3tts.server")
 
@@ -49,8 +50,8 @@ def pop_sentences(buffer: str) -> tuple[list[str], str]:
 
 
 class StreamSession:
-    def __init__(self, ws: WebSocket, service: SpeechService):
-        self.ws, self.service = ws, service
+    def __init__(self, ws: WebSocket, router: ModelRouter):
+        self.ws, self.router = ws, router
         self.config = StreamSessionConfig()
         self.buffer = ""
         self.utterance_index = 0
@@ -111,7 +112,7 @@ class StreamSession:
                 return await self.error(f"input.text: {problem}", "invalid_text")
             self.buffer += data["text"]
             sentences, self.buffer = pop_sentences(self.buffer)
-            if len(self.buffer) > self.service.settings.max_text_chars:  # no sentence end in sight
+            if len(self.buffer) > self.router.settings.max_text_chars:  # no sentence end in sight
                 sentences.append(self.buffer.strip())
                 self.buffer = ""
             for text in sentences:
@@ -146,13 +147,14 @@ class StreamSession:
 
     async def _speak(self, config: StreamSessionConfig, text: str, utterance: int, sentence: int) -> None:
         ids = {"utterance_index": utterance, "sentence_index": sentence}
-        rate = self.service.tts.sample_rate
+        rate = SAMPLE_RATE
         await self.send_json({"type": "audio.start", **ids, "sentence_text": text, "format": config.response_format,
                               "sample_rate": rate})  # fmt: skip
         encoder = WAVEncoder(rate) if config.response_format == "wav" else PCMEncoder()
-        total, failed, audio = 0, False, None
+        total, failed, audio, service = 0, False, None, None
         try:
-            _, audio = await self.service.start(config, text)
+            service = await self.router.open(config.model, config.task_type)  # each sentence holds its model
+            _, audio = await service.start(config, text)
             async for chunk in audio:
                 data = encoder.encode(chunk)
                 total += len(data)
@@ -167,6 +169,8 @@ class StreamSession:
         finally:
             if audio is not None:
                 await audio.aclose()
+            if service is not None:
+                service.release()
         await self.send_json({"type": "audio.done", **ids, "total_bytes": total, "error": failed})
 
     async def send_json(self, payload: dict) -> None:

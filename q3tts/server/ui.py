@@ -32,7 +32,7 @@ from gradio import processing_utils
 from ..console import one_line
 from ..generate.openmp import releasing_workers
 from ..voices import default_voices_dir
-from .models import KINDS, ModelManager, ModelUnavailable, format_bytes, parse_model_specs
+from .models import KINDS, ModelManager, ModelsBusy, ModelUnavailable, format_bytes, parse_model_specs
 from .security import GuardMiddleware, HostPolicy
 from .ui_files import UIFileGuard, UploadRefused, UploadRegistry, client_token
 from .voices import VoiceExists, VoiceLibrary, VoiceNotFound
@@ -58,7 +58,7 @@ def _expected() -> tuple[type[BaseException], ...]:
     from ..serving import QueueFull, SchedulerClosed
 
     return (InputError, AudioError, CheckpointError, ConfigError, QueueFull, SchedulerClosed, ModelUnavailable,
-            UploadRefused, ValueError, OSError)  # fmt: skip
+            ModelsBusy, UploadRefused, ValueError, OSError)  # fmt: skip
 
 
 def _error(e: BaseException) -> gr.Error:
@@ -439,8 +439,11 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 models.load(name)
                 msg = f"Loaded **{name}** in {time.perf_counter() - t0:.1f} s."
             elif action == "switch":
-                models.switch(name)
+                left = [n for n in models.loaded_names() if n != name]
+                models.switch(name)  # frees the model it replaces, or refuses before changing anything
+                freed = [n for n in left if n not in models.loaded_names()]
                 msg = f"**{name}** is now the active {KINDS[models.info(name)['kind']]} model (loaded)."
+                msg += f" Unloaded **{', '.join(freed)}**." if freed else ""
             else:
                 msg = f"Unloaded **{name}**." if models.unload(name) else f"**{name}** was not loaded."
             return msg, *model_views()

@@ -64,8 +64,17 @@ FLAGS = [  # (flag, settings field, type, help)
     ("--header-timeout", "header_timeout", float, "seconds a client has to send a request head (default 10)"),
     ("--keep-alive-timeout", "keep_alive_timeout", int, "seconds an idle connection stays open (default 5)"),
     ("--max-connections", "max_connections", int, "open connections before 503 (default 1024)"),
+    (
+        "--ref-audio-url-host",
+        "ref_audio_url_hosts",
+        str,
+        "fetch ref_audio given as an http(s) URL from this host (repeat; *.example.com, or * for any); private "
+        "and loopback addresses are refused all the same. Default: URLs are refused",
+    ),
+    ("--ref-audio-url-timeout", "ref_audio_url_timeout", float, "seconds for one ref_audio download (default 10)"),
 ]
 REPEATED = ("api_keys", "ui_models", "allowed_hosts", "allowed_origins")
+REPEATED += ("ref_audio_url_hosts",)
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from ..languages import accepted_names
 from ..voices import VOICE_NAME
 from .encoders import MEDIA_TYPES
 from .protocol import OPENAI_MODEL_NAMES, ErrorResponse
@@ -59,7 +60,7 @@ def _narrow(schema: dict, service) -> None:
     schemas = schema["components"]["schemas"]
     settings, task = service.settings, service.task
     models = sorted({settings.model_id, str(settings.model), *OPENAI_MODEL_NAMES})
-    languages = service.tts.get_supported_languages()
+    languages = accepted_names(service.tts.get_supported_languages())  # names, ISO codes and tags (languages.py)
     if task == "CustomVoice":
         voices = list(service.speakers)
     elif task == "Base":

@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     header_timeout: float = Field(10.0, gt=0)  # seconds to send a whole request head (slow clients are cut)
     keep_alive_timeout: int = Field(5, ge=1)  # seconds an idle keep-alive connection stays open
     max_connections: int = Field(1024, ge=1)  # open connections before new requests get 503
+    # `ref_audio` given as an http(s) URL is fetched only from these hosts (`cdn.example.com`,
+    # `*.example.com`, `*` for any), and only where they resolve to public addresses (url_fetch.py);
+    # empty, the default: URLs are refused. Q3TTS_REF_AUDIO_URL_HOSTS takes a comma-separated list.
+    ref_audio_url_hosts: Annotated[list[str], NoDecode] = []
+    ref_audio_url_timeout: float = Field(10.0, gt=0, le=120.0)  # seconds for one ref_audio download
+
+    @field_validator("ref_audio_url_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value):
+        return [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value
 
     @field_validator("api_keys", "ui_models", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod

@@ -42,6 +42,9 @@ log = logging.getLogger("q3tts.ui")
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 STREAMING = processing_utils.ffmpeg_installed()  # Gradio encodes streamed audio with ffmpeg
 NO_VOICE = "(none: use the reference below)"
+# The language lists offer the model's names; a typed code or spelling (en, zh-CN, Deutsch) is
+# resolved by the API like any other (q3tts/languages.py).
+LANGUAGE_FIELD = {"label": "Language (or a code: en, zh-CN, ...)", "allow_custom_value": True}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +254,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 with gr.Row():
                     speakers = _speaker_choices(info("custom_voice"))
                     cv_speaker = gr.Dropdown(speakers, value=speakers[0][1] if speakers else None, label="Speaker")
-                    cv_lang = gr.Dropdown(_language_choices(info("custom_voice")), value="auto", label="Language")
+                    cv_lang = gr.Dropdown(_language_choices(info("custom_voice")), value="auto", **LANGUAGE_FIELD)
                 cv_instruct = gr.Textbox(label="Instruction (optional; 1.7B models)",
                                          placeholder="e.g. speak cheerfully")  # fmt: skip
                 cv_text = gr.Textbox(label="Text", lines=3, elem_id="custom-text")
@@ -270,7 +273,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 vd_status = gr.Markdown(kind_status("voice_design"), elem_id="design-status")
                 vd_desc = gr.Textbox(label="Voice description", lines=2, elem_id="design-description",
                                      placeholder="e.g. a calm middle-aged man with a low, warm voice")  # fmt: skip
-                vd_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", label="Language")
+                vd_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", **LANGUAGE_FIELD)
                 vd_text = gr.Textbox(label="Text", lines=3, elem_id="design-text")
                 vd_run = gr.Button("Speak", variant="primary", elem_id="design-run")
                 vd_out = outputs("design")
@@ -292,7 +295,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                                   label="Reference audio, 1-60 s (the microphone needs HTTPS)")  # fmt: skip
                 vc_ref_text = gr.Textbox(label="Transcript of the reference", elem_id="clone-ref-text")
                 vc_xvec = gr.Checkbox(label="x-vector only (no transcript; the timbre only, lower quality)")
-                vc_lang = gr.Dropdown(_language_choices(info("base")), value="auto", label="Language")
+                vc_lang = gr.Dropdown(_language_choices(info("base")), value="auto", **LANGUAGE_FIELD)
                 vc_text = gr.Textbox(label="Text", lines=3, elem_id="clone-text")
                 vc_run = gr.Button("Speak", variant="primary", elem_id="clone-run")
                 vc_out = outputs("clone")
@@ -325,7 +328,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 gr.Markdown("Design a voice, listen, then keep it: the designed clip and its text become a cloned "
                             "voice in the library, for the Voice Clone tab (with a Base model).")  # fmt: skip
                 dc_desc = gr.Textbox(label="Voice description", lines=2)
-                dc_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", label="Language")
+                dc_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", **LANGUAGE_FIELD)
                 dc_text = gr.Textbox(label="Text to design with (it becomes the reference transcript)", lines=2,
                                      value="Hello! This is the voice I designed, and I want to keep it.")  # fmt: skip
                 dc_run = gr.Button("Design", variant="primary")

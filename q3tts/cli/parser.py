@@ -7,7 +7,7 @@ import argparse
 from .checkpoint import cmd_info, cmd_make_checkpoint
 from .codes import cmd_decode, cmd_encode
 from .common import _Parser
-from .launchers import cmd_bench, cmd_dataset, cmd_serve, cmd_train
+from .launchers import cmd_bench, cmd_dataset, cmd_demo, cmd_serve, cmd_train
 from .synthesis import cmd_clone, cmd_design, cmd_speak
 from .voices import cmd_voices_delete, cmd_voices_list, cmd_voices_save
 
@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="checkpoint folder or Hugging Face repo id")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser("demo", add_help=False,
+                          help="the demo job; with MODEL, the web UI alone (see 'q3tts demo MODEL --help')")  # fmt: skip
+    demo.set_defaults(func=cmd_demo, takes_extra=True)
     return p
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
 from ..api import Qwen3TTS
 from ..audio import SAMPLE_RATE
@@ -66,6 +67,8 @@ def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = No
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics,
                        max_body=settings.max_upload_bytes * 4 // 3 + (1 << 20))  # base64 + form overhead  # fmt: skip
     app.state.models = _mount_ui(app, settings, tts) if settings.ui else None
+    if app.state.models is not None:  # the page people open first: `/` shows the UI, as `q3tts demo` does
+        app.get("/", include_in_schema=False)(lambda: RedirectResponse("ui/"))
     # Outermost: a foreign Host or browser Origin is refused before any route (the UI's too) runs.
     policy = HostPolicy(settings.host, settings.allowed_hosts, settings.allowed_origins)
     app.add_middleware(GuardMiddleware, policy=policy, max_headers=settings.max_headers)

@@ -26,6 +26,8 @@ from .generate.engine import Engine, length_cap
 from .generate.prompt import Prompt, Utterance, build_prompt
 from .generate.sampling import SamplingOptions
 from .generate.segment import split_text
+from .languages import model_languages, resolve_language
+from .loader_options import parse_loader_options
 from .model import Checkpoint, load_checkpoint
 from .nn.quant import QuantizationError, native_bf16_cpu
 from .voices import VoiceClonePromptItem
@@ -121,8 +123,9 @@ class Qwen3TTS:
     """A loaded Qwen3-TTS checkpoint. Safe to share between threads: calls keep their state local."""
 
     def __init__(self, path_or_repo: str | Path, device="auto", dtype="auto", codec_dtype="auto", lazy=False,
-                 quantize: Optional[str] = None, cuda_graphs: bool = True):  # fmt: skip
+                 quantize: Optional[str] = None, cuda_graphs: bool = True, hub: Optional[dict] = None):  # fmt: skip
         self.source = path_or_repo
+        self.hub = dict(hub or {})  # local_files_only, revision, cache_dir, token (checkpoint.resolve)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.quantize = resolve_quantize(quantize, self.device)
@@ -134,22 +137,25 @@ class Qwen3TTS:
             self.load()
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path, device="auto", dtype="auto", **kwargs) -> "Qwen3TTS":
+    def from_pretrained(cls, path_or_repo: str | Path, device=None, dtype=None, **kwargs) -> "Qwen3TTS":
         """Load a checkpoint folder or Hugging Face repo id. `dtype`: "auto" (bf16 on GPU, fp32 on
         CPU), "float32", "bfloat16", "float16" or a torch.dtype. `quantize="int8"` (CPU only)
         stores the talker's and code predictor's linears as int8 (see quant.py). On CUDA the
         decode steps are replayed as CUDA graphs unless `cuda_graphs=False` (static_decode.py).
-        Unknown kwargs of the official loader (device_map, attn_implementation, torch_dtype) are
-        accepted for drop-in use."""
-        device = kwargs.pop("device_map", device)
-        dtype = kwargs.pop("torch_dtype", dtype)
-        kwargs.pop("attn_implementation", None)
-        return cls(path_or_repo, device=device, dtype=dtype, **kwargs)
+
+        The official loader's options work too (loader_options.py): `device_map` ("cuda:0", 0,
+        {"": "cuda:0"}) and `torch_dtype` set the device and dtype; `local_files_only`, `revision`,
+        `cache_dir` and `token` how a repo id is found; `attn_implementation` and the other
+        transformers options we do not implement are accepted with a one-line warning."""
+        own = ("codec_dtype", "lazy", "quantize", "cuda_graphs")
+        options, rest = parse_loader_options("Qwen3TTS.from_pretrained", device, dtype, own, **kwargs)
+        return cls(path_or_repo, device=options.device, dtype=options.dtype, hub=options.hub, **rest)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self) -> "Qwen3TTS":
         if self._checkpoint is None:
-            ck = load_checkpoint(self.source, self.device, self.dtype, self.codec_dtype, quantize=self.quantize)
+            ck = load_checkpoint(self.source, self.device, self.dtype, self.codec_dtype, quantize=self.quantize,
+                                 hub=self.hub)  # fmt: skip
             self._checkpoint, self._engine = ck, Engine(ck.networks, ck.config, "auto" if self.cuda_graphs else "off")
         return self
 
@@ -186,20 +192,15 @@ class Qwen3TTS:
         return sorted(s.lower() for s in speakers) if speakers else None
 
     def get_supported_languages(self) -> list[str]:
-        langs = self.checkpoint.config.talker.codec_language_id
-        return sorted({"auto"} | {k.lower() for k in langs if "dialect" not in k})
+        return model_languages(self.checkpoint.config.talker.codec_language_id)
 
     def _require_kind(self, kind: str, what: str) -> None:
         if self.kind != kind:
             raise InputError(f"{what} needs a {kind} checkpoint; this one is {self.kind}")
 
     def _check_language(self, language: Optional[str]) -> str:
-        lang = (language or "auto").lower()
-        if lang not in self.get_supported_languages():
-            raise InputError(
-                f"unsupported language '{language}'; supported: {', '.join(self.get_supported_languages())}"
-            )
-        return lang
+        """A language name, ISO code or tag (languages.py) -> the model's name for it."""
+        return resolve_language(language, self.get_supported_languages())
 
     def _check_text(self, text) -> str:
         if not isinstance(text, str) or not text.strip():

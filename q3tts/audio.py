@@ -22,6 +22,7 @@ import soxr
 import torch
 
 from .errors import Q3TTSError
+from .url_fetch import fetch_url, is_url, shown
 
 SAMPLE_RATE = 24000  # Hz, every network's input and output rate
 
@@ -68,7 +69,8 @@ def load_audio(source: AudioSource, sr: Optional[int] = None) -> np.ndarray:
         a 2-D array whose first axis is the shorter is taken as [C, N]); integer PCM is scaled
         to [-1, 1];
       * raw encoded bytes (e.g. the body of an uploaded .wav);
-      * a base64 string or a `data:audio/...;base64,` URL.
+      * a base64 string or a `data:audio/...;base64,` URL;
+      * an `http://` or `https://` URL, fetched within url_fetch's time and size limits.
     Channels are averaged; other rates are resampled with soxr (librosa's default quality).
     `sr` is the rate to return; the input's own rate comes from the file header or the tuple.
     """
@@ -106,6 +108,8 @@ def _decode(source: AudioSource) -> tuple[np.ndarray, int]:
         if text.startswith("data:"):
             _, _, text = text.partition(",")
             return _read(io.BytesIO(_b64decode(text)), "data URL")
+        if is_url(text):
+            return _read(io.BytesIO(fetch_url(text)), shown(text))
         if os.path.exists(source):
             return _read_path(Path(source))
         # A long string that names no file is taken as base64 (the reference's rule, minus its

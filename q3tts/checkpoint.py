@@ -32,9 +32,11 @@ def _looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def resolve(path_or_repo: str | os.PathLike) -> Path:
+def resolve(path_or_repo: str | os.PathLike, local_files_only: bool = False, revision: Optional[str] = None,
+            cache_dir: Optional[str | os.PathLike] = None, token=None) -> Path:  # fmt: skip
     """A local checkpoint folder for `path_or_repo`: the folder itself, else the Hugging Face cache,
-    else a download (unless HF_HUB_OFFLINE is set). Raises CheckpointError when none works."""
+    else a download (unless `local_files_only` or HF_HUB_OFFLINE). `revision`, `cache_dir` and
+    `token` are snapshot_download's. Raises CheckpointError when none works."""
     path = Path(path_or_repo).expanduser()
     if path.is_dir():
         return path
@@ -45,14 +47,17 @@ def resolve(path_or_repo: str | os.PathLike) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
         raise CheckpointError(f"{name}: huggingface_hub is not installed, pass a local folder") from None
+    hub = {"revision": revision, "cache_dir": None if cache_dir is None else str(cache_dir), "token": token}
     try:
-        return Path(snapshot_download(name, local_files_only=True))
+        return Path(snapshot_download(name, local_files_only=True, **hub))
     except Exception:
         pass
+    if local_files_only:
+        raise CheckpointError(f"{name}: not in the Hugging Face cache, and local_files_only is set")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise CheckpointError(f"{name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set")
     try:
-        return Path(snapshot_download(name))
+        return Path(snapshot_download(name, **hub))
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{name}: not a local folder, not in the cache, and download failed ({reason})") from None

@@ -135,11 +135,13 @@ def load_checkpoint(
     codec_dtype: Optional[torch.dtype] = torch.float32,
     with_codec_encoder: Optional[bool] = None,
     quantize: Optional[str] = None,
+    hub: Optional[dict] = None,
 ) -> Checkpoint:
     """Load a Qwen3-TTS checkpoint folder (or Hugging Face repo id) for inference. `with_codec_encoder`
     defaults to True for Base models only, the ones that clone voices. `quantize="int8"`: see
-    load_networks (CPU only)."""
-    folder = resolve(path_or_repo)
+    load_networks (CPU only). `hub`: how to find a repo id (checkpoint.resolve: local_files_only, revision,
+    cache_dir, token)."""
+    folder = resolve(path_or_repo, **(hub or {}))
     require_files(folder, MAIN_FILES)
     config = ModelConfig.from_file(folder / "config.json")
     generation = GenerationDefaults.from_file(folder / "generation_config.json")

@@ -14,10 +14,12 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
+from .api import resolve_device, resolve_dtype
 from .audio import AudioError, load_audio
 from .checkpoint import CheckpointError, resolve
 from .errors import Q3TTSError
 from .generate.codec_stream import CodecStream
+from .loader_options import parse_loader_options
 from .model import SpeechTokenizer, load_speech_tokenizer
 
 
@@ -35,8 +37,8 @@ class EncodedAudio:
         return len(self.audio_codes)
 
 
-def _speech_tokenizer_folder(path_or_repo: str | Path) -> Path:
-    folder = resolve(path_or_repo)
+def _speech_tokenizer_folder(path_or_repo: str | Path, hub: Optional[dict] = None) -> Path:
+    folder = resolve(path_or_repo, **(hub or {}))
     if (folder / "speech_tokenizer" / "config.json").exists():
         return folder / "speech_tokenizer"
     return folder
@@ -47,11 +49,19 @@ class Qwen3TTSTokenizer:
         self.model = model
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, with_encoder: bool = True, **_ignored) -> "Qwen3TTSTokenizer":  # fmt: skip
-        """A tokenizer folder, a model folder (its `speech_tokenizer/`), or a Hugging Face repo id."""
-        folder = _speech_tokenizer_folder(path_or_repo)
-        return cls(load_speech_tokenizer(folder, device, dtype, with_encoder))
+    def from_pretrained(cls, path_or_repo: str | Path, device=None, dtype=None, with_encoder: bool = True,
+                        **kwargs) -> "Qwen3TTSTokenizer":  # fmt: skip
+        """A tokenizer folder, a model folder (its `speech_tokenizer/`), or a Hugging Face repo id.
+        `device` (default cpu) and `dtype` (default float32, the codec's exact dtype); the official
+        `device_map="cuda:0"` and `torch_dtype` work too, and the other loader options as for
+        Qwen3TTS.from_pretrained (loader_options.py)."""
+        options, _ = parse_loader_options("Qwen3TTSTokenizer.from_pretrained", device, dtype, default_device="cpu",
+                                          **kwargs)  # fmt: skip
+        target = resolve_device(options.device)
+        # "auto" keeps float32 here: the codec is small and exact in it, on every device.
+        dtype = torch.float32 if options.dtype in (None, "auto") else resolve_dtype(options.dtype, target)
+        folder = _speech_tokenizer_folder(path_or_repo, options.hub)
+        return cls(load_speech_tokenizer(folder, target, dtype, with_encoder))
 
     # -- the official getters ----------------------------------------------------------------------
     def get_model_type(self) -> str:

@@ -90,11 +90,15 @@ def read_codes(path: str):
 
 def cmd_encode(args) -> None:
     from ..audio import SAMPLE_RATE, load_audio
+    from ..url_fetch import is_url
 
     out = _output(args.output, CODES_EXTENSIONS, "codes")
-    if not os.path.isfile(os.path.expanduser(args.audio)):
+    if is_url(args.audio):
+        wav = load_audio(args.audio.strip())
+    elif not os.path.isfile(os.path.expanduser(args.audio)):
         raise UsageError(f"{args.audio}: audio file not found")
-    wav = load_audio(os.path.expanduser(args.audio))
+    else:
+        wav = load_audio(os.path.expanduser(args.audio))
     tok = _load_tokenizer(args, with_encoder=True)
     with Status(not args.quiet) as status:
         status.update("encoding ...", force=True)

@@ -123,9 +123,13 @@ def _check_reference(args) -> None:
 
 
 def _read_reference(path: str):
-    """Read and check the reference clip before the model is loaded; -> (samples, 24000)."""
+    """Read and check the reference clip (a file or an http(s) URL) before the model is loaded;
+    -> (samples, 24000)."""
     from ..audio import SAMPLE_RATE, load_audio
+    from ..url_fetch import is_url
 
+    if is_url(path):
+        return load_audio(path.strip()), SAMPLE_RATE
     if not os.path.isfile(os.path.expanduser(path)):
         raise UsageError(f"{path}: reference audio file not found")
     return load_audio(os.path.expanduser(path)), SAMPLE_RATE

@@ -1,4 +1,4 @@
-"""`q3tts bench`, `serve`, `train` and `dataset`: each imports its own module only when used, and parses its own arguments."""
+"""`q3tts bench`, `serve`, `train`, `dataset` and `demo`: each imports its own module only when used, and parses its own arguments."""
 
 from __future__ import annotations
 
@@ -62,3 +62,22 @@ def cmd_serve(args) -> int:
         raise UsageError(f"the serve command needs the server extra (pip install 'q3tts[server]'): {e}") from None
     parser = build_serve_parser(_Parser(prog="q3tts serve", description="OpenAI-compatible speech server."))
     return serve(parser.parse_args(args.extra))
+
+
+def cmd_demo(args) -> int:
+    """`q3tts demo`: the demo job (a sentence to out/demo.wav, q3tts/demo.py); `q3tts demo MODEL [--ip
+    --port --ssl-certfile --ssl-keyfile --no-ssl-verify ...]`: the web UI alone, as the official demo."""
+    if not args.extra:
+        from ..demo import main as demo_job
+
+        return demo_job()
+    try:
+        from ..server.ui import build_demo_parser, run_demo
+    except ImportError as e:
+        raise UsageError(f"q3tts demo MODEL needs the ui extra (pip install 'q3tts[server,ui]'): {e}") from None
+    parser = build_demo_parser(_Parser(prog="q3tts demo", description="The web UI on its own (the official demo)."))
+    demo_args = parser.parse_args(args.extra)
+    if not (demo_args.checkpoint_pos or demo_args.checkpoint or demo_args.model):
+        raise UsageError("q3tts demo with options needs MODEL (a checkpoint folder or Hugging Face repo id); "
+                         "without any arguments it runs the demo job")  # fmt: skip
+    return run_demo(demo_args)

@@ -7,7 +7,7 @@ import argparse
 from .checkpoint import cmd_info, cmd_make_checkpoint
 from .codes import cmd_decode, cmd_encode
 from .common import _Parser
-from .launchers import cmd_bench, cmd_dataset, cmd_serve, cmd_train
+from .launchers import cmd_bench, cmd_dataset, cmd_demo, cmd_serve, cmd_train
 from .synthesis import cmd_clone, cmd_design, cmd_speak
 from .voices import cmd_voices_delete, cmd_voices_list, cmd_voices_save
 
@@ -52,7 +52,7 @@ def _synthesis_parent() -> argparse.ArgumentParser:
     p.add_argument("--text-file", metavar="FILE", help="read the text from FILE ('-': standard input)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output audio: .wav, .flac, .mp3, .ogg or .opus ('-': WAV on standard output)")  # fmt: skip
-    p.add_argument("--language", help="language of the text (default: auto)")
+    p.add_argument("--language", help="language of the text: a name or code (english, en, zh-CN, pt-BR; default: auto)")
     _model_args(p)
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")  # fmt: skip
@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     clone = sub.add_parser("clone", parents=[synth, common], help="speak in a cloned voice (Base)")
     src = clone.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ref-audio", metavar="FILE", help="reference clip of the voice (1-60 s)")
+    src.add_argument(
+        "--ref-audio", metavar="FILE_OR_URL", help="reference clip of the voice (1-60 s): a file or http(s) URL"
+    )
     src.add_argument("--voice", metavar="NAME_OR_FILE", help="a saved voice: library name or .safetensors file")
     _reference_args(clone, required=False)
     clone.add_argument("--voices-dir", metavar="DIR", help="voice library folder")
@@ -107,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     save = vsub.add_parser("save", parents=[library, common], help="analyse a reference clip and save it as NAME")
     save.add_argument("name")
     _model_args(save, "Base checkpoint folder or Hugging Face repo id")
-    save.add_argument("--ref-audio", metavar="FILE", required=True, help="reference clip of the voice (1-60 s)")
+    save.add_argument("--ref-audio", metavar="FILE_OR_URL", required=True,
+                      help="reference clip of the voice (1-60 s): a file or http(s) URL")  # fmt: skip
     _reference_args(save, required=False)
     save.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     save.add_argument("--force", action="store_true", help="replace an existing voice of that name")
@@ -120,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.set_defaults(func=cmd_voices_delete)
 
     enc = sub.add_parser("encode", parents=[common], help="audio -> speech codes [frames, 16]")
-    enc.add_argument("audio")
+    enc.add_argument("audio", help="an audio file or http(s) URL")
     _model_args(enc, "model folder, speech tokenizer folder, or Hugging Face repo id")
     enc.add_argument("-o", "--output", required=True, metavar="CODES", help="codes file: .npy, .safetensors or .pt")
     enc.set_defaults(func=cmd_encode)
@@ -156,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="checkpoint folder or Hugging Face repo id")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser("demo", add_help=False,
+                          help="the demo job; with MODEL, the web UI alone (see 'q3tts demo MODEL --help')")  # fmt: skip
+    demo.set_defaults(func=cmd_demo, takes_extra=True)
     return p
 
 

@@ -73,8 +73,16 @@ FLAGS = [  # (flag, settings field, type, help)
     ("--memory-budget", "memory_budget", str, "most weight bytes loaded at once, e.g. 8GiB (LRU unload beyond)"),
     ("--drain-timeout", "drain_timeout", float, "seconds requests in flight may finish after SIGTERM (default 30)"),
     ("--log-format", "log_format", str, "text or json (one JSON object per line, with request_id)"),
+    (
+        "--ref-audio-url-host",
+        "ref_audio_url_hosts",
+        str,
+        "fetch ref_audio given as an http(s) URL from this host (repeat; *.example.com, or * for any); private "
+        "and loopback addresses are refused all the same. Default: URLs are refused",
+    ),
+    ("--ref-audio-url-timeout", "ref_audio_url_timeout", float, "seconds for one ref_audio download (default 10)"),
 ]
-REPEATED = ("api_keys", "ui_models", "allowed_hosts", "allowed_origins", "model")
+REPEATED = ("api_keys", "ui_models", "allowed_hosts", "allowed_origins", "model", "ref_audio_url_hosts")
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
 from ..api import Qwen3TTS
 from ..audio import SAMPLE_RATE
@@ -75,8 +76,9 @@ def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = No
     install_openapi(app)
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics,
                        max_body=settings.max_upload_bytes * 4 // 3 + (1 << 20))  # base64 + form overhead  # fmt: skip
-    if settings.ui and app.state.models is not None:
-        _mount_ui(app, settings, app.state.models)
+    if settings.ui and app.state.models is not None and _mount_ui(app, settings, app.state.models):
+        # the page people open first: `/` shows the UI, as `q3tts demo` does
+        app.get("/", include_in_schema=False)(lambda: RedirectResponse("ui/"))
     # Outer: a foreign Host or browser Origin is refused before any route (the UI's too) runs.
     policy = HostPolicy(settings.host, settings.allowed_hosts, settings.allowed_origins)
     app.add_middleware(GuardMiddleware, policy=policy, max_headers=settings.max_headers)
@@ -101,14 +103,14 @@ def _model_manager(app: FastAPI, settings: Settings, given: bool) -> Optional[Mo
         return None
 
 
-def _mount_ui(app: FastAPI, settings: Settings, models: ModelManager) -> None:
+def _mount_ui(app: FastAPI, settings: Settings, models: ModelManager) -> bool:
     """The web UI at /ui over the API's own ModelManager: a model loaded or switched there is the
-    one the API serves. Without gradio, or when it cannot be set up, the API runs alone."""
+    one the API serves. Without gradio, or when it cannot be set up, the API runs alone (False)."""
     try:
         import gradio  # noqa: F401
     except ImportError:
         log.info("web UI off: install the `ui` extra (gradio) for /ui")
-        return
+        return False
     from .ui import mount_ui
 
     try:
@@ -120,6 +122,8 @@ def _mount_ui(app: FastAPI, settings: Settings, models: ModelManager) -> None:
         mount_ui(app, models, app.state.voice_library, auth=auth)
     except Exception as e:  # the API must come up even if the UI cannot
         log.warning("web UI off: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return False
+    return True
 
 
 async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> None:

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..languages import model_languages
+
 KINDS = {"custom_voice": "CustomVoice", "voice_design": "VoiceDesign", "base": "Base"}
 UNLOAD_WAIT_SECONDS = 10.0  # how long unload waits for requests still decoding audio
 
@@ -153,7 +155,7 @@ class ModelManager:
             self._entries[name] = _Entry(
                 name, str(source), cfg.tts_model_type, cfg.tts_model_size,
                 speakers=sorted(s.lower() for s in t.spk_id) if t.spk_id else [],
-                languages=sorted({"auto"} | {k.lower() for k in t.codec_language_id if "dialect" not in k}),
+                languages=model_languages(t.codec_language_id),
                 weights_bytes=_estimate_bytes(str(source), device, dtype),
             )  # fmt: skip
             self._active.setdefault(cfg.tts_model_type, name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from ..languages import accepted_names
 from ..voices import VOICE_NAME
 from .encoders import MEDIA_TYPES
 from .protocol import OPENAI_MODEL_NAMES, ErrorResponse
@@ -59,7 +60,7 @@ def _narrow(schema: dict, service) -> None:
     schemas = schema["components"]["schemas"]
     settings, task = service.settings, service.task
     models = sorted({*service.names, *OPENAI_MODEL_NAMES})
-    languages = service.languages
+    languages = accepted_names(service.languages)  # names, ISO codes and tags (languages.py)
     if service.several:  # several models served: a request's voice fields depend on its model
         task = None
     if task == "CustomVoice":

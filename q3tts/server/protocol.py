@@ -27,9 +27,9 @@ class VoiceOptions(BaseModel):
 
     voice: Union[str, dict, None] = None  # a built-in speaker, a saved voice, or OpenAI's {"id": ...}
     instructions: Optional[str] = Field(None, max_length=2000)  # style (CustomVoice) / voice description (VoiceDesign)
-    language: Optional[str] = None  # "auto" or a language name; case-insensitive
+    language: Optional[str] = None  # "auto", a language name or code (en, zh-CN): q3tts/languages.py
     task_type: Optional[TaskType] = None  # must match the loaded checkpoint when given
-    ref_audio: Optional[str] = None  # base64 or a data: URL (Base; instead of a saved voice)
+    ref_audio: Optional[str] = None  # base64, a data: URL, or an http(s) URL on an allowed host (Base)
     ref_text: Optional[str] = None  # transcript of ref_audio (in-context cloning)
     x_vector_only_mode: bool = False  # clone from the speaker embedding only (no transcript needed)
     # generation

@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     memory_budget: Optional[int] = None
     drain_timeout: float = Field(30.0, ge=0)  # seconds in-flight requests may run on after SIGTERM
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per log line (with request_id)
+    # `ref_audio` given as an http(s) URL is fetched only from these hosts (`cdn.example.com`,
+    # `*.example.com`, `*` for any), and only where they resolve to public addresses (url_fetch.py);
+    # empty, the default: URLs are refused. Q3TTS_REF_AUDIO_URL_HOSTS takes a comma-separated list.
+    ref_audio_url_hosts: Annotated[list[str], NoDecode] = []
+    ref_audio_url_timeout: float = Field(10.0, gt=0, le=120.0)  # seconds for one ref_audio download
+
+    @field_validator("ref_audio_url_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value):
+        return [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value
 
     @field_validator("memory_budget", mode="before")
     @classmethod

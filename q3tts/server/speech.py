@@ -23,6 +23,7 @@ from ..generate.openmp import releasing_workers
 from ..generate.prompt import Utterance
 from ..serving import SpeechJob, SpeechScheduler
 from ..timescale import TimeStretch
+from ..url_fetch import FetchError, PublicAddressGuard, fetch_url, is_url
 from ..voices import BadVoiceName
 from .encoders import MEDIA_TYPES, STREAMED, make_encoder
 from .errors import APIError, as_api_error, error_body
@@ -89,7 +90,11 @@ class SpeechService:
         if self.task == "VoiceDesign":  # `voice` is ignored: the description is the voice
             return {"instruct": o.instructions}
         if o.ref_audio:
-            wav = await asyncio.to_thread(self.reference_audio, decode_base64_audio(o.ref_audio))
+            if is_url(o.ref_audio):
+                data = await asyncio.to_thread(self.fetch_reference, o.ref_audio)
+            else:
+                data = decode_base64_audio(o.ref_audio)
+            wav = await asyncio.to_thread(self.reference_audio, data)
             return {"ref_audio": (wav, SAMPLE_RATE), "ref_text": o.ref_text, "x_vector_only_mode": o.x_vector_only_mode}
         if not o.voice:
             raise APIError(400, "a Base (voice cloning) model needs `voice` (a saved voice) or `ref_audio`",
@@ -100,6 +105,20 @@ class SpeechService:
             names = ", ".join(v.name for v in self.voices.list()) or "none yet"
             raise APIError(400, f"unknown voice '{o.voice}'; saved voices: {names} (upload with POST /v1/audio/voices)",
                            "voice_not_found", "voice") from None  # fmt: skip
+
+    def fetch_reference(self, url: str) -> bytes:
+        """`ref_audio` as an http(s) URL: fetched only from the allowed hosts, at public addresses."""
+        s = self.settings
+        if not s.ref_audio_url_hosts:
+            raise APIError(400, "this server does not fetch ref_audio URLs (start it with --ref-audio-url-host "
+                           "HOST to allow a host); send the audio as base64 or a data: URL", "invalid_ref_audio",
+                           "ref_audio")  # fmt: skip
+        try:
+            return fetch_url(
+                url, s.ref_audio_url_timeout, s.max_upload_bytes, PublicAddressGuard(s.ref_audio_url_hosts)
+            )
+        except FetchError as e:
+            raise APIError(400, str(e), "ref_audio_fetch_failed", "ref_audio") from None
 
     def reference_audio(self, data: bytes) -> np.ndarray:
         """Uploaded reference bytes -> float32 24 kHz, after the size, completeness and length checks."""
@@ -312,10 +331,10 @@ def sse(event: str, payload: dict) -> bytes:
 
 
 def decode_base64_audio(text: str) -> bytes:
-    """`ref_audio` as sent in JSON: base64 or a data: URL. Files and URLs are not opened."""
+    """`ref_audio` as sent in JSON: base64 or a data: URL. Files are never opened (http(s) URLs: fetch_reference)."""
     text = text.strip()
     if text.startswith(("http://", "https://", "file:")):
-        raise APIError(400, "ref_audio must be base64 or a data: URL; the server does not fetch URLs or files",
+        raise APIError(400, "ref_audio must be base64 or a data: URL; the server does not open files",
                        "invalid_ref_audio", "ref_audio")  # fmt: skip
     if text.startswith("data:"):
         text = text.partition(",")[2]

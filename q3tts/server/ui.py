@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import sys
 import time
 import wave
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 from gradio import processing_utils
 
 from ..console import one_line
+from ..errors import Q3TTSError
 from ..generate.openmp import releasing_workers
 from ..voices import default_voices_dir
 from .models import KINDS, ModelManager, ModelsBusy, ModelUnavailable, format_bytes, parse_model_specs
@@ -43,6 +45,9 @@ log = logging.getLogger("q3tts.ui")
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 STREAMING = processing_utils.ffmpeg_installed()  # Gradio encodes streamed audio with ffmpeg
 NO_VOICE = "(none: use the reference below)"
+# The language lists offer the model's names; a typed code or spelling (en, zh-CN, Deutsch) is
+# resolved by the API like any other (q3tts/languages.py).
+LANGUAGE_FIELD = {"label": "Language (or a code: en, zh-CN, ...)", "allow_custom_value": True}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,8 +148,10 @@ def _speaker_choices(info: Optional[dict]) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry] = None) -> gr.Blocks:
-    """The UI over `models`. `voices_dir`: the voice library, a folder (as `q3tts voices` keeps it)
+def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry] = None,
+             generation: Optional[dict] = None) -> gr.Blocks:  # fmt: skip
+    """The UI over `models`. `generation`: sampling options of every run (`q3tts demo --top-p ...`);
+    max_new_tokens, temperature and top_k among them are the sliders' starting values. `voices_dir`: the voice library, a folder (as `q3tts voices` keeps it)
     or a library object with list(), prompt(name), add(name, item, duration), delete(name).
     `uploads`: the files each browser uploaded, as UIFileGuard records them (ui_files.py); the
     only files an input may name. Serve the UI through `mount_ui`, which installs that guard:
@@ -192,8 +199,11 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
         mode = "x-vector only" if item.x_vector_only_mode else "in-context"
         return f"Saved voice **{name.strip()}** ({mode}, {duration:.1f} s reference)."
 
+    generation = dict(generation or {})
+
     def gen_kwargs(max_new_tokens, temperature, top_k, seed) -> dict:
-        kw = {"max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_k": int(top_k)}
+        kw = {**generation, "max_new_tokens": int(max_new_tokens), "temperature": float(temperature),
+              "top_k": int(top_k)}  # fmt: skip
         if seed is not None and int(seed) >= 0:
             kw["seed"] = int(seed)
         return kw
@@ -229,10 +239,12 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
         gr.Markdown("## Qwen3-TTS")
         with gr.Accordion("Generation settings", open=False, elem_id="settings"):
             with gr.Row():
-                max_new_tokens = gr.Slider(2, 4096, value=2048, step=1, label="Max new tokens (80 ms each)",
+                max_new_tokens = gr.Slider(2, 4096, value=generation.get("max_new_tokens", 2048), step=1,
+                                           label="Max new tokens (80 ms each)",
                                            elem_id="max-new-tokens")  # fmt: skip
-                temperature = gr.Slider(0.0, 1.5, value=0.9, step=0.05, label="Temperature (0: greedy)")
-                top_k = gr.Slider(0, 100, value=50, step=1, label="Top k (0: off)")
+                temperature = gr.Slider(0.0, 1.5, value=generation.get("temperature", 0.9), step=0.05,
+                                        label="Temperature (0: greedy)")  # fmt: skip
+                top_k = gr.Slider(0, 100, value=generation.get("top_k", 50), step=1, label="Top k (0: off)")
                 seed = gr.Number(-1, precision=0, label="Seed (-1: random)")
                 chunk_frames = gr.Slider(1, 25, value=4, step=1, label="Frames per streamed chunk")
         settings = [max_new_tokens, temperature, top_k, seed, chunk_frames]
@@ -252,7 +264,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 with gr.Row():
                     speakers = _speaker_choices(info("custom_voice"))
                     cv_speaker = gr.Dropdown(speakers, value=speakers[0][1] if speakers else None, label="Speaker")
-                    cv_lang = gr.Dropdown(_language_choices(info("custom_voice")), value="auto", label="Language")
+                    cv_lang = gr.Dropdown(_language_choices(info("custom_voice")), value="auto", **LANGUAGE_FIELD)
                 cv_instruct = gr.Textbox(label="Instruction (optional; 1.7B models)",
                                          placeholder="e.g. speak cheerfully")  # fmt: skip
                 cv_text = gr.Textbox(label="Text", lines=3, elem_id="custom-text")
@@ -271,7 +283,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 vd_status = gr.Markdown(kind_status("voice_design"), elem_id="design-status")
                 vd_desc = gr.Textbox(label="Voice description", lines=2, elem_id="design-description",
                                      placeholder="e.g. a calm middle-aged man with a low, warm voice")  # fmt: skip
-                vd_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", label="Language")
+                vd_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", **LANGUAGE_FIELD)
                 vd_text = gr.Textbox(label="Text", lines=3, elem_id="design-text")
                 vd_run = gr.Button("Speak", variant="primary", elem_id="design-run")
                 vd_out = outputs("design")
@@ -293,7 +305,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                                   label="Reference audio, 1-60 s (the microphone needs HTTPS)")  # fmt: skip
                 vc_ref_text = gr.Textbox(label="Transcript of the reference", elem_id="clone-ref-text")
                 vc_xvec = gr.Checkbox(label="x-vector only (no transcript; the timbre only, lower quality)")
-                vc_lang = gr.Dropdown(_language_choices(info("base")), value="auto", label="Language")
+                vc_lang = gr.Dropdown(_language_choices(info("base")), value="auto", **LANGUAGE_FIELD)
                 vc_text = gr.Textbox(label="Text", lines=3, elem_id="clone-text")
                 vc_run = gr.Button("Speak", variant="primary", elem_id="clone-run")
                 vc_out = outputs("clone")
@@ -326,7 +338,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 gr.Markdown("Design a voice, listen, then keep it: the designed clip and its text become a cloned "
                             "voice in the library, for the Voice Clone tab (with a Base model).")  # fmt: skip
                 dc_desc = gr.Textbox(label="Voice description", lines=2)
-                dc_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", label="Language")
+                dc_lang = gr.Dropdown(_language_choices(info("voice_design")), value="auto", **LANGUAGE_FIELD)
                 dc_text = gr.Textbox(label="Text to design with (it becomes the reference transcript)", lines=2,
                                      value="Hello! This is the voice I designed, and I want to keep it.")  # fmt: skip
                 dc_run = gr.Button("Design", variant="primary")
@@ -494,62 +506,162 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
     return demo
 
 
-def mount_ui(app, models: ModelManager, voices_dir, path: str = "/ui", **kwargs):
+def mount_ui(app, models: ModelManager, voices_dir, path: str = "/ui", generation: Optional[dict] = None, **kwargs):
     """Mount the UI on a FastAPI `app` at `path`, behind UIFileGuard (ui_files.py: each browser reads
     and names only its own files); `kwargs` go to gr.mount_gradio_app (e.g. auth=...)."""
     uploads = UploadRegistry()
     # Gradio serves only the files named here besides its own cache; nothing outside is added.
     kwargs = {"theme": THEME, "ssr_mode": False, "show_error": True, "allowed_paths": [], **kwargs}
-    mounted = gr.mount_gradio_app(app, build_ui(models, voices_dir, uploads), path=path, **kwargs)
+    mounted = gr.mount_gradio_app(app, build_ui(models, voices_dir, uploads, generation), path=path, **kwargs)
     app.add_middleware(UIFileGuard, path=path, uploads=uploads)
     return mounted
 
 
 # ----------------------------------------------------------------------------------------------
-# The UI alone: python -m q3tts.server.ui --model NAME=PATH --port P
+# The UI alone: `q3tts demo MODEL --ip 0.0.0.0 --port 8000` (the official demo's command line), or
+# python -m q3tts.server.ui --model NAME=PATH --port P
 # ----------------------------------------------------------------------------------------------
 
+DEMO_GENERATION = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "subtalker_top_k",
+                   "subtalker_top_p", "subtalker_temperature")  # fmt: skip
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m q3tts.server.ui", description="The q3tts web UI on its own.")
-    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
-                   help="a checkpoint folder or Hugging Face repo id under a name; repeat for more")  # fmt: skip
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+
+class DemoUsageError(Q3TTSError):
+    """A demo command line that cannot run (one line, exit 2)."""
+
+
+def build_demo_parser(parser: Optional[argparse.ArgumentParser] = None, prog: str = "q3tts demo",
+                      default_port: int = 8000) -> argparse.ArgumentParser:  # fmt: skip
+    """The official `qwen-tts-demo` flags (checkpoint, --ip, --port, --ssl-*, --device, --dtype, ...)
+    plus ours (--model NAME=PATH for more models, --voices-dir, --threads)."""
+    p = parser or argparse.ArgumentParser(prog=prog, description="The q3tts web UI on its own.")
+    p.add_argument("checkpoint_pos", nargs="?", metavar="MODEL", help="checkpoint folder or Hugging Face repo id")
+    p.add_argument("-c", "--checkpoint", help="the same as MODEL")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                   help="a (further) checkpoint under a name; repeat for more")  # fmt: skip
+    # 127.0.0.1 unless asked: the official demo listens on every interface by default.
+    p.add_argument("--ip", "--host", dest="host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")  # fmt: skip
+    p.add_argument("--port", type=int, default=default_port)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument(
+        "--dtype", default="auto", choices=("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
+    )
+    p.add_argument("--flash-attn", dest="flash_attn", action=argparse.BooleanOptionalAction, default=None,
+                   help="accepted for the official demo's sake: attention always runs PyTorch's SDPA")  # fmt: skip
     p.add_argument("--voices-dir", help="voice library folder (default: as `q3tts voices`)")
-    p.add_argument("--max-batch", type=int, default=8, help="requests generated together per model")
+    p.add_argument("--max-batch", "--concurrency", dest="max_batch", type=int, default=8,
+                   help="requests generated together per model (the official --concurrency)")  # fmt: skip
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--ssl-certfile")
+    p.add_argument("--ssl-certfile", help="serve HTTPS (browsers allow the microphone only on secure pages)")
     p.add_argument("--ssl-keyfile")
-    args = p.parse_args(argv)
+    p.add_argument("--ssl-verify", dest="ssl_verify", action=argparse.BooleanOptionalAction, default=None,
+                   help="accepted for the official demo's sake: this server never fetches its own page, so there "
+                   "is no certificate to verify")  # fmt: skip
+    p.add_argument("--share", action=argparse.BooleanOptionalAction, default=False,
+                   help="a public gradio.live link: not supported (the UI is served by this process only)")  # fmt: skip
+    p.add_argument("--inbrowser", action=argparse.BooleanOptionalAction, default=False,
+                   help="open the page in a browser once it is served")  # fmt: skip
+    g = p.add_argument_group("generation (every run; the first three start the sliders)")
+    for name in DEMO_GENERATION:
+        kind = int if name.endswith(("tokens", "top_k")) else float
+        g.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+    return p
 
-    import torch
-    import uvicorn
+
+def _demo_models(args) -> dict[str, str]:
+    checkpoints = [c for c in (args.checkpoint, args.checkpoint_pos) if c]
+    if len(set(checkpoints)) > 1:
+        raise DemoUsageError(f"two checkpoints given ({' and '.join(checkpoints)}): use MODEL or --checkpoint")
+    try:
+        specs = parse_model_specs([*checkpoints[:1], *args.model])
+    except ValueError as e:
+        raise DemoUsageError(str(e)) from None
+    if not specs:
+        raise DemoUsageError("no model: give MODEL (a checkpoint folder or Hugging Face repo id)")
+    return specs
+
+
+def _demo_notes(args) -> list[str]:
+    """One line for each official flag that changes nothing here (none is dropped silently)."""
+    notes = []
+    if args.flash_attn:
+        notes.append("--flash-attn: attention runs PyTorch's scaled_dot_product_attention, which picks its flash "
+                     "kernel on CUDA by itself")  # fmt: skip
+    if args.ssl_verify is False:
+        notes.append("--no-ssl-verify: nothing to verify (this server does not fetch its own page)")
+    return notes
+
+
+def _check_ssl(args) -> None:
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise DemoUsageError("--ssl-certfile and --ssl-keyfile go together")
+    for flag, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
+        if path and not os.path.isfile(os.path.expanduser(path)):
+            raise DemoUsageError(f"{flag} {path}: file not found")
+
+
+def demo_app(args):
+    """The FastAPI app of the standalone UI for parsed demo `args` (see build_demo_parser)."""
     from fastapi import FastAPI
     from fastapi.responses import RedirectResponse, Response
+
+    if args.share:
+        raise DemoUsageError("--share (a public gradio.live link) is not supported; serve with --ip 0.0.0.0 "
+                             "(and --ssl-certfile/--ssl-keyfile) instead")  # fmt: skip
+    _check_ssl(args)
+    specs = _demo_models(args)
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(args.dtype, args.dtype)
+    try:
+        models = ModelManager(specs, args.device, dtype, max_batch=args.max_batch)
+    except Exception as e:  # a missing folder or config: the CheckpointError/ConfigError line
+        raise DemoUsageError(one_line(str(e)) or type(e).__name__) from None
+    generation = {n: getattr(args, n) for n in DEMO_GENERATION if getattr(args, n) is not None}
+    app = FastAPI(title="q3tts UI")
+    app.get("/", include_in_schema=False)(lambda: RedirectResponse("ui/"))
+    app.get("/favicon.ico", include_in_schema=False)(lambda: Response(status_code=204))
+    mount_ui(app, models, Path(args.voices_dir) if args.voices_dir else default_voices_dir(), generation=generation)
+    app.add_middleware(GuardMiddleware, policy=HostPolicy(args.host), max_headers=100)  # as `q3tts serve`
+    return app
+
+
+def run_demo(args) -> int:
+    """Serve the standalone UI until interrupted. Raises DemoUsageError for a command line that cannot run."""
+    import torch
+    import uvicorn
+
+    from .listen import uvicorn_config
+    from .settings import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        models = ModelManager(parse_model_specs(args.model), args.device, args.dtype, max_batch=args.max_batch)
-    except Exception as e:
-        p.error(one_line(str(e)))
-    app = FastAPI(title="q3tts UI")
-    app.get("/", include_in_schema=False)(lambda: RedirectResponse("ui/"))
-    app.get("/favicon.ico", include_in_schema=False)(lambda: Response(status_code=204))
-    mount_ui(app, models, Path(args.voices_dir) if args.voices_dir else default_voices_dir())
-    app.add_middleware(GuardMiddleware, policy=HostPolicy(args.host), max_headers=100)  # as `q3tts serve`
-    from .listen import uvicorn_config
-    from .settings import Settings
-
-    try:
         limits = Settings(host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     except ValueError as e:  # pydantic's ValidationError: e.g. a port out of range
-        p.error(one_line(str(e)))
+        raise DemoUsageError(one_line(str(e))) from None
+    app = demo_app(args)
+    for note in _demo_notes(args):
+        print(f"q3tts demo: note: {note}", file=sys.stderr, flush=True)
+    scheme = "https" if args.ssl_certfile else "http"
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"{scheme}://{shown}:{args.port}/ui/"
+    print(f"q3tts demo: serving the web UI at {url}", file=sys.stderr, flush=True)
+    if args.inbrowser:
+        import threading
+        import webbrowser
+
+        threading.Timer(2.0, webbrowser.open, (url,)).start()
     uvicorn.Server(uvicorn_config(app, limits, log_level="warning")).run()  # the limits of `q3tts serve`
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = build_demo_parser(prog="python -m q3tts.server.ui", default_port=7860)
+    args = p.parse_args(argv)
+    try:
+        return run_demo(args)
+    except DemoUsageError as e:
+        p.error(str(e))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import argparse
 from .checkpoint import cmd_info, cmd_make_checkpoint
 from .codes import cmd_decode, cmd_encode
 from .common import _Parser
+from .doctor import cmd_doctor
 from .launchers import cmd_bench, cmd_dataset, cmd_serve, cmd_train
 from .synthesis import cmd_clone, cmd_design, cmd_speak
 from .voices import cmd_voices_delete, cmd_voices_list, cmd_voices_save
@@ -156,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="checkpoint folder or Hugging Face repo id")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    doctor = sub.add_parser("doctor", help="check this machine: Python, torch, CUDA/MPS, bf16, disk, RAM, extras")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
     return p
 
 

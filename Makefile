@@ -7,7 +7,7 @@ RUFF := $(PY) -m ruff
 .PHONY: setup setup-oracle setup-browser demo check test
 
 setup:
-	bash tools/setup.sh dev server ui train
+	bash tools/setup.sh dev server ui train wandb
 
 setup-oracle:
 	bash tools/oracle/setup.sh

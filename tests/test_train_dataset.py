@@ -183,7 +183,7 @@ def test_cli_and_hf_dataset(tmp_path, make_tiny, capsys):
 
 def test_config_yaml_overrides_and_env_names(tmp_path):
     (tmp_path / "train.yaml").write_text("model: m\ndata: d\nmode: lora\nlora: {rank: 4}\nLR: 1e-5\nfreeze: []\n")
-    (tmp_path / ".env").write_text("export BATCH_SIZE=3\nLORA_TARGET_MODULES='q_proj,v_proj'  # two\nOTHER=1\n")
+    (tmp_path / ".env").write_text("export BATCH_SIZE=3\nLORA_TARGET_MODULES='q_proj,v_proj'  # two\n")
     tc = load_config(tmp_path / "train.yaml", ("lora.alpha=8", "epochs=2", "SPEAKER_NAME=bob", "SPEAKER_ID=3005"),
                      tmp_path / ".env")  # fmt: skip
     assert (tc.model, tc.data, tc.mode, tc.lr, tc.freeze) == ("m", "d", "lora", 1e-5, [])

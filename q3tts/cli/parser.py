@@ -7,6 +7,7 @@ import argparse
 from .checkpoint import cmd_info, cmd_make_checkpoint
 from .codes import cmd_decode, cmd_encode
 from .common import _Parser
+from .doctor import cmd_doctor
 from .launchers import cmd_bench, cmd_dataset, cmd_demo, cmd_serve, cmd_train
 from .synthesis import cmd_clone, cmd_design, cmd_speak
 from .voices import cmd_voices_delete, cmd_voices_list, cmd_voices_save
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", add_help=False,
                           help="the demo job; with MODEL, the web UI alone (see 'q3tts demo MODEL --help')")  # fmt: skip
     demo.set_defaults(func=cmd_demo, takes_extra=True)
+    doctor = sub.add_parser("doctor", help="check this machine: Python, torch, CUDA/MPS, bf16, disk, RAM, extras")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
     return p
 
 

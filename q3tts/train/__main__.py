@@ -1,4 +1,6 @@
 """python -m q3tts.train --config train.yaml [--set key=value ...] [--env-file .env] [--resume [DIR]]
+    [--push-to-hub REPO]          (the same as `q3tts train ...`; NUM_EPOCHS=1 and the other
+                                   .env names are read from the environment too)
 python -m q3tts.train export --checkpoint output_dir/checkpoint-000500 --out my-voice/
 
 Several GPUs: accelerate launch --multi_gpu --num_processes N -m q3tts.train --config train.yaml
@@ -19,6 +21,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--env-file", type=Path, help="a .env file with the community scripts' variable names")
     p.add_argument("--resume", nargs="?", const="latest", help="resume from a checkpoint (default: the latest)")
+    p.add_argument("--push-to-hub", metavar="REPO",
+                   help="at the end, upload final/ to REPO and best/ to REPO-best (created if missing)")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -34,6 +38,7 @@ def export_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from ..checkpoint import CheckpointError
+    from ..errors import Q3TTSError
     from .config import ConfigError
 
     try:
@@ -44,12 +49,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(export_checkpoint(args.checkpoint, args.out, args.dtype))
             return 0
         args = train_parser().parse_args(argv)
-        from .config import load_config
+        import os
+
+        from .config import resolve_config
         from .trainer import train
 
         overrides = list(args.set) + ([f"resume={args.resume}"] if args.resume else [])
-        train(load_config(args.config, tuple(overrides), args.env_file), quiet=args.quiet)
-    except (ConfigError, CheckpointError, OSError) as e:  # set-up problems: one line, no traceback
+        if args.push_to_hub:
+            overrides += ["upload_to_hub=true", f"hub_model_id_last={args.push_to_hub}"]
+        resolved = resolve_config(args.config, tuple(overrides), args.env_file, environ=dict(os.environ))
+        train(resolved.config, quiet=args.quiet, resolved=resolved)
+    except (ConfigError, CheckpointError, OSError, Q3TTSError) as e:  # set-up problems: one line, no traceback
         raise SystemExit(f"q3tts: {e}") from None
     return 0
 

@@ -2,6 +2,8 @@
 
     python -m q3tts.train.dataset prepare --manifest data.jsonl --model Qwen/Qwen3-TTS-12Hz-0.6B-Base --out data/
     python -m q3tts.train.dataset prepare --dataset user/corpus --dataset-split train --model ... --out data/
+    python -m q3tts.train.dataset prepare --clips recordings/ --model ... --out data/ [--max-samples 20]
+    python -m q3tts.train.dataset info data/        (also: q3tts dataset prepare / info)
 
 Output folder:
     shard-00000.safetensors   codes [sum T, 16] int16, offsets [n + 1], xvectors [n, H] float32
@@ -34,7 +36,7 @@ import torch
 from ..audio import SAMPLE_RATE
 from ..console import Status, note
 from .checks import REASONS, Limits, Rejected, check_language, check_text, read_clip
-from .sources import Item, dataset_items, manifest_items
+from .sources import Item, dataset_items, folder_items, manifest_items
 
 INDEX = "index.jsonl"
 REPORT = "report.json"
@@ -159,6 +161,8 @@ class Prepare:
     shard_size: int = 500
     batch_size: int = 8
     limits: Limits = field(default_factory=Limits)
+    default_ref: Optional[Path] = None  # speaker clip of the items without their own ref_audio
+    max_items: int = 0  # > 0: stop once this many items are kept (debug runs)
 
     def run(self, items: Iterable[Item], quiet: bool = False) -> dict:
         start = time.monotonic()
@@ -169,6 +173,8 @@ class Prepare:
         refs: dict = {}
         with Status(enabled=not quiet) as status:
             for item in items:
+                if self.max_items and tally.new + tally.previous + len(pending) >= self.max_items:
+                    break
                 tally.seen += 1
                 status.update(f"prepare: {tally.seen} items, {tally.new + tally.previous} kept, "
                               f"{len(tally.dropped)} dropped")  # fmt: skip
@@ -200,7 +206,8 @@ class Prepare:
         wav = read_clip(item.audio, self.limits)
         xvector = None
         if self.encoders.speaker is not None:
-            xvector = self.ref_xvector(item.ref_audio, refs) if item.ref_audio is not None else None
+            ref = item.ref_audio if item.ref_audio is not None else self.default_ref
+            xvector = self.ref_xvector(ref, refs) if ref is not None else None
             if xvector is None:
                 xvector = self.encoders.xvector(wav)
         meta = dict(id=item.id, text=text, speaker=item.speaker or None, language=language,
@@ -285,6 +292,8 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("prepare", help="check, encode and shard a dataset (resumable)")
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="JSONL: audio, text, optional speaker, language, ref_audio")
+    src.add_argument("--clips", type=Path,
+                     help="a folder of clips: clip.wav + clip.txt pairs, or a metadata.csv")  # fmt: skip
     src.add_argument("--dataset", help="a Hugging Face dataset: a save_to_disk folder or a hub name (streamed)")
     q.add_argument("--dataset-split", default="train")
     q.add_argument("--dataset-config", default=None)
@@ -296,28 +305,101 @@ def _parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--val-fraction", type=float, default=0.05)
+    q.add_argument("--max-samples", type=int, default=0, metavar="N",
+                   help="stop once N items are kept (small debug runs; 0: all)")  # fmt: skip
+    q.add_argument("--ref-audio", type=Path, default=None,
+                   help="speaker clip for the items without their own ref_audio")  # fmt: skip
     q.add_argument("--shard-size", type=int, default=500, help="items per shard")
     q.add_argument("--batch-size", type=int, default=8, help="clips encoded together")
     q.add_argument("--min-seconds", type=float, default=Limits.min_seconds)
     q.add_argument("--max-seconds", type=float, default=Limits.max_seconds)
     q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     q.add_argument("--quiet", action="store_true")
+    i = sub.add_parser("info", help="describe a prepared folder: items, hours, speakers, languages, lengths, drops")
+    i.add_argument("folder", type=Path)
+    i.add_argument("--json", action="store_true", help="the figures as JSON")
     return p
 
 
 def prepare_from_args(args) -> dict:
     if args.manifest is not None and not args.manifest.is_file():
         raise SystemExit(f"q3tts: manifest not found: {args.manifest}")
-    if not 0 <= args.val_fraction < 1 or args.shard_size < 1 or args.batch_size < 1:
-        raise SystemExit("q3tts: need 0 <= --val-fraction < 1, --shard-size >= 1, --batch-size >= 1")
+    if args.clips is not None and not args.clips.is_dir():
+        raise SystemExit(f"q3tts: clips folder not found: {args.clips}")
+    if args.ref_audio is not None and not args.ref_audio.is_file():
+        raise SystemExit(f"q3tts: --ref-audio not found: {args.ref_audio}")
+    if not 0 <= args.val_fraction < 1 or args.shard_size < 1 or args.batch_size < 1 or args.max_samples < 0:
+        raise SystemExit(
+            "q3tts: need 0 <= --val-fraction < 1, --shard-size >= 1, --batch-size >= 1, --max-samples >= 0"
+        )
     columns = dict(c.split("=", 1) for c in args.column if "=" in c)
     if args.manifest is not None:
         items = manifest_items(args.manifest)
+    elif args.clips is not None:
+        items = folder_items(args.clips)
     else:
         items = dataset_items(args.dataset, args.dataset_split, args.dataset_config, columns)
     job = Prepare(args.out, Encoders(args.model, args.device, args.speaker_model), args.val_fraction,
-                  args.shard_size, args.batch_size, Limits(args.min_seconds, args.max_seconds))  # fmt: skip
+                  args.shard_size, args.batch_size, Limits(args.min_seconds, args.max_seconds), args.ref_audio,
+                  args.max_samples)  # fmt: skip
     return job.run(items, quiet=args.quiet)
+
+
+def describe(folder: Path) -> dict:
+    """Figures of a prepared folder (index.jsonl and the last run's report.json)."""
+    index = read_index(folder)
+    if not index and not (folder / REPORT).is_file():
+        raise SystemExit(f"q3tts: {folder} is not a prepared folder (no {INDEX}); run `q3tts dataset prepare`")
+    report = json.loads((folder / REPORT).read_text(encoding="utf-8")) if (folder / REPORT).is_file() else {}
+    seconds = [x["duration"] for x in index]
+    edges = [0, 1, 2, 5, 10, 15, 20, 30]
+    bins = Counter(next((f"{a}-{b} s" for a, b in zip(edges, edges[1:]) if s < b), f">={edges[-1]} s") for s in seconds)
+    dropped = report.get("dropped", {"total": 0, "by_reason": {}})
+    return {
+        "folder": str(folder),
+        "items": len(index),
+        "splits": dict(Counter(x["split"] for x in index)),
+        "hours": round(sum(seconds) / 3600, 4),
+        "speakers": dict(Counter(x.get("speaker") or "(run's speaker_name)" for x in index)),
+        "languages": dict(Counter(x.get("language", "auto") for x in index)),
+        "seconds": {
+            "min": min(seconds, default=0),
+            "mean": round(sum(seconds) / max(1, len(seconds)), 3),
+            "max": max(seconds, default=0),
+        },  # fmt: skip
+        "length_histogram": {f"{a}-{b} s": bins.get(f"{a}-{b} s", 0) for a, b in zip(edges, edges[1:])}
+        | ({f">={edges[-1]} s": bins[f">={edges[-1]} s"]} if bins.get(f">={edges[-1]} s") else {}),
+        "dropped": {
+            "total": dropped["total"],
+            "by_reason": dropped["by_reason"],
+            "items": report.get("dropped_items", []),
+        },  # fmt: skip
+    }
+
+
+def info_lines(info: dict) -> list[str]:
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "none"
+
+    s = info["seconds"]
+    lines = [
+        f"{info['folder']}: {info['items']} items ({counts(info['splits'])}), {info['hours']:.3f} h",
+        f"speakers: {counts(info['speakers'])}",
+        f"languages: {counts(info['languages'])}",
+        f"length: min {s['min']:.2f} s, mean {s['mean']:.2f} s, max {s['max']:.2f} s",
+    ]
+    top = max(info["length_histogram"].values(), default=0) or 1
+    for label, n in info["length_histogram"].items():
+        lines.append(f"  {label:>8}  {n:6d}  {'#' * round(30 * n / top)}")
+    d = info["dropped"]
+    lines.append(f"dropped: {d['total']}" + (":" if d["total"] else ""))
+    for reason, n in sorted(d["by_reason"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {n:6d}  {reason} ({REASONS.get(reason, reason)})")
+    for item in d["items"][:20]:
+        lines.append(f"  {item['source']}: {item['reason']}: {item['detail']}")
+    if len(d["items"]) > 20:
+        lines.append(f"  ... {len(d['items']) - 20} more in {Path(info['folder']) / REPORT}")
+    return lines
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -325,6 +407,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
 
+    if args.command == "info":
+        info = describe(args.folder)
+        print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else "\n".join(info_lines(info)))
+        return 0
     try:
         report = prepare_from_args(args)
     except (CheckpointError, ConfigError, OSError) as e:  # the model or the output folder: one line

@@ -8,6 +8,10 @@
                                   official recipe: CustomVoice models have none); new speakers'
                                   embeddings written into their rows of the talker codec embedding
     out/speech_tokenizer/         copied unchanged
+    out/training_state.json       step, epoch, best_val_loss, best_val_metrics, config (as the
+                                  community pipeline writes it; secrets blanked), plus the data
+    out/speakers.json             the new speakers: codec id, dialect, items trained on
+    out/README.md                 a model card: trained from what, on what, for how long
 
 config.json is written by hand (json), never through a config class: the official
 speaker-encoder config rejects the extra keys `save_pretrained` would add.
@@ -68,8 +72,52 @@ def patched_config(source: Path, module: TrainModule) -> dict:
     return cfg
 
 
-def export_model(module: TrainModule, source: Path, out: Path, dtype_name: str = "auto") -> Path:
-    """Write the fine-tuned model to `out` (replaced atomically if it exists)."""
+def model_card(state: dict, speakers: dict) -> str:
+    """README.md of an export (YAML front matter: the hub reads it as the model card)."""
+    cfg, data = state.get("config") or {}, state.get("data") or {}
+    base = cfg.get("model", "?")
+    hub_base = f"base_model: {base}\n" if base.count("/") == 1 and not Path(base).exists() else ""
+    best = state.get("best_val_loss")
+    lines = [
+        "---",
+        f"{hub_base}library_name: q3tts",
+        "pipeline_tag: text-to-speech",
+        "tags: [text-to-speech, qwen3-tts, q3tts, fine-tuned]",
+        "---",
+        "",
+        f"# {', '.join(speakers) or 'Fine-tuned'} (Qwen3-TTS CustomVoice)",
+        "",
+        f"- Trained from: `{base}` (mode {cfg.get('mode', '?')})",
+        f"- Trained on: {data.get('train_items', '?')} items, {data.get('train_hours', '?')} h "
+        f"(`{cfg.get('dataset_name') or cfg.get('data', '?')}`); validation: {data.get('val_items', '?')} items",
+        f"- Trained for: {state.get('step', '?')} steps, {state.get('epoch', '?')} epochs "
+        f"(batch {cfg.get('batch_size', '?')} x accumulation {cfg.get('grad_accum', '?')}, lr {cfg.get('lr', '?')}, "
+        f"precision {cfg.get('mixed_precision', '?')})",
+        f"- Best validation loss: {best:.4f} (step {state.get('best_step')})" if best is not None else
+        "- Best validation loss: none (no validation set)",
+        "- Speakers: " + (", ".join(f"{n} (id {v['id']})" for n, v in speakers.items()) or "none new"),
+        "",
+        "```python",
+        "from q3tts import Qwen3TTS",
+        "tts = Qwen3TTS.from_pretrained('THIS_FOLDER_OR_REPO')",
+        f"wavs, sr = tts.generate_custom_voice('Hello!', speaker='{next(iter(speakers), 'SPEAKER')}')",
+        "```",
+        "",
+        "Written by `q3tts train`; training_state.json holds the full config.",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def speaker_meta(module: TrainModule, items: dict) -> dict:
+    sp = module.speakers
+    return {name: {"id": sid, "dialect": sp.dialects.get(name) or None, "items": items.get(name, 0)}
+            for name, sid in sp.ids.items()}  # fmt: skip
+
+
+def export_model(module: TrainModule, source: Path, out: Path, dtype_name: str = "auto",
+                 state: dict | None = None) -> Path:  # fmt: skip
+    """Write the fine-tuned model to `out` (replaced atomically if it exists). `state`: the
+    training_state.json contents (step, epoch, best_val_loss, config, data, speaker_items)."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -83,5 +131,10 @@ def export_model(module: TrainModule, source: Path, out: Path, dtype_name: str =
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
     save_file(model_state(module, export_dtype(dtype_name, source)), str(tmp / "model.safetensors"),
               metadata={"format": "pt"})  # fmt: skip
+    if state is not None:
+        speakers = speaker_meta(module, state.get("speaker_items") or {})
+        (tmp / "training_state.json").write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / "speakers.json").write_text(json.dumps(speakers, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(state, speakers), encoding="utf-8")
     replace_dir(tmp, out)
     return out

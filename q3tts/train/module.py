@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -50,20 +51,25 @@ def load_base(model: str) -> Base:
     return Base(folder, config, tokenizer, networks)
 
 
-def setup_mode(networks: TTSNetworks, config: ModelConfig, tc: TrainConfig) -> None:
+def setup_mode(networks: TTSNetworks, config: ModelConfig, tc: TrainConfig) -> dict[int, str]:
+    """Set what trains; returns the talker layers that layer replacement made: {index: "replaced" | "new"}."""
     networks.requires_grad_(False)
-    if tc.mode == "full":
+    roles: dict[int, str] = {}
+    if tc.layers.replace or tc.layers.add:
+        n = len(networks.talker.model.layers)
+        trainable = replace_layers(networks.talker, config, tc.layers, tc.seed)
+        roles = {i: "replaced" if i < n else "new" for i in trainable}
+    if tc.mode == "full" or (tc.mode == "layers" and not tc.layers.freeze_rest):
         for name, p in networks.named_parameters():
             p.requires_grad_(not name.startswith(tuple(tc.freeze)))
     elif tc.mode == "lora":
         lora.inject(networks, tc.lora)
-    else:
-        replace_layers(networks.talker, config, tc.layers, tc.seed)
     for name, p in networks.named_parameters():
         if tc.also_train and name.startswith(tuple(tc.also_train)):
             p.requires_grad_(True)
     if not any(p.requires_grad for p in networks.parameters()):
         raise ConfigError("nothing to train: every parameter is frozen")
+    return roles
 
 
 def run_blocks(layers: nn.ModuleList, norm: nn.Module, x: torch.Tensor, rope, ckpt: bool) -> torch.Tensor:
@@ -87,6 +93,7 @@ class TrainModule(nn.Module):
             tc.non_streaming_mode,
             tc.gradient_checkpointing,
         )
+        self.compute: Optional[str] = None  # e.g. "autocast on (bfloat16), talker logits in bfloat16"
         self.names = sorted(speakers.new)
         table = torch.stack([speakers.new[n] for n in self.names]) if self.names else torch.zeros(0)
         self.register_buffer("speaker_table", table, persistent=False)  # [S, H] float32, fixed
@@ -119,7 +126,13 @@ class TrainModule(nn.Module):
             labels.append(lab)
             h_cp.append(hidden[b, pos[:-1]])  # the states that produced each frame's codebook 0
         codes = torch.cat(codes)  # [N, G]
-        talker_sum = cross_entropy_sum(talker.codec_head(torch.cat(h_lab)), torch.cat(labels))
+        logits = talker.codec_head(torch.cat(h_lab))
+        if self.compute is None:  # what mixed precision really did, seen from inside a step
+            kind = device.type
+            on = torch.is_autocast_enabled(kind)
+            self.compute = (f"autocast {'on (' + str(torch.get_autocast_dtype(kind)).removeprefix('torch.') + ')' if on else 'off'}, "
+                            f"talker logits in {str(logits.dtype).removeprefix('torch.')}")  # fmt: skip
+        talker_sum = cross_entropy_sum(logits, torch.cat(labels))
         cp_sum = cross_entropy_sum(self.predictor_logits(torch.cat(h_cp), codes), codes[:, 1:])
         n_talker = torch.tensor(float(codes.shape[0] + len(seqs)), device=x.device)  # every frame + one EOS per row
         n_cp = torch.tensor(float(codes[:, 1:].numel()), device=x.device)

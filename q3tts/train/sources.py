@@ -112,3 +112,54 @@ def dataset_items(name: str, split: str = "train", config: Optional[str] = None,
         speaker, language = row.get(cols["speaker"]), row.get(cols["language"])
         yield Item(stable_id(name, split, index, text, speaker, language), where, _hf_audio(row.get(cols["audio"])),
                    text, speaker, language, _hf_audio(row.get(cols["ref_audio"])))  # fmt: skip
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+METADATA = "metadata.csv"
+
+
+def folder_items(folder: Path) -> Iterator[Item]:
+    """A folder of clips: `metadata.csv`, else every clip with a transcript of the same name
+    (`clip.wav` + `clip.txt`, subfolders included; a subfolder's name is not the speaker).
+
+    metadata.csv is either the Hugging Face audiofolder layout (a header naming `file_name` and
+    `text` or `transcription`, optional `speaker`, `language`) or the LJSpeech one (no header,
+    `name|text[|normalized text]`, clips in wavs/name.wav or name.wav)."""
+    folder = Path(folder)
+    if (folder / METADATA).is_file():
+        yield from _metadata_items(folder, folder / METADATA)
+        return
+    clips = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    for clip in clips:
+        where = str(clip.relative_to(folder))
+        txt = clip.with_suffix(".txt")
+        if not txt.is_file():
+            yield Item(stable_id(where), where, clip, None, problem=Rejected("bad_line", f"no transcript {txt.name}"))
+            continue
+        text = txt.read_text(encoding="utf-8").strip()
+        yield Item(stable_id(where, text), where, clip, text)
+
+
+def _metadata_items(folder: Path, path: Path) -> Iterator[Item]:
+    import csv
+
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    first = lines[0].lower() if lines else ""
+    if "file_name" in first and ("text" in first or "transcription" in first):
+        for n, row in enumerate(csv.DictReader(lines), 2):
+            where = f"{METADATA}:{n}"
+            name = (row.get("file_name") or "").strip()
+            text = row.get("text", row.get("transcription"))
+            speaker, language = row.get("speaker") or None, row.get("language") or None
+            yield Item(stable_id(name, text, speaker, language), where, folder / name if name else None, text,
+                       speaker, language)  # fmt: skip
+        return
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{METADATA}:{n}"
+        name, _, rest = line.partition("|")
+        text = rest.split("|")[-1] if rest else None  # LJSpeech: the last column is the normalised text
+        found = [p for p in (folder / "wavs" / name, folder / name) for p in (p, p.with_name(p.name + ".wav"))
+                 if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()]  # fmt: skip
+        yield Item(stable_id(name, text), where, found[0] if found else folder / "wavs" / f"{name}.wav", text)

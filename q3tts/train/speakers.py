@@ -14,7 +14,7 @@ own codec-embedding row. A new speaker gets:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
@@ -71,25 +71,28 @@ def assign_ids(t: TalkerConfig, wanted: dict[str, Optional[int]]) -> dict[str, i
     return out
 
 
-def mean_embeddings(examples: list[Example], names: list[str]) -> dict[str, torch.Tensor]:
-    """Float32 mean of each speaker's stored embeddings."""
+def mean_embeddings(examples: Iterable[Example], default_name: str) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Each item's speaker name, and the float32 mean of each speaker's stored embeddings
+    (summed in float64 over one pass, so the examples may be streamed)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    for e, name in zip(examples, names):
+    names = set()
+    for e in examples:
+        name = speaker_of(e, default_name)
+        names.add(name)
         if e.xvector is None:
             continue
         sums[name] = sums.get(name, 0) + e.xvector.to(torch.float64)
         counts[name] = counts.get(name, 0) + 1
-    return {n: (sums[n] / counts[n]).float() for n in sums}
+    return sorted(names), {n: (sums[n] / counts[n]).float() for n in sums}
 
 
-def plan_speakers(examples: list[Example], talker: TalkerConfig, default_name: str, options,
+def plan_speakers(examples: Iterable[Example], talker: TalkerConfig, default_name: str, options,
                   round_to: torch.dtype) -> Speakers:  # fmt: skip
     """Speakers of the training examples. `options(name)` -> SpeakerOptions (dialect, id)."""
     existing = {k.lower() for k in talker.spk_id}
-    names = [(e.speaker or default_name).lower() for e in examples]
-    new_names = sorted({n for n in names if n not in existing})
-    vectors = mean_embeddings(examples, names)
+    names, vectors = mean_embeddings(examples, default_name.lower())
+    new_names = [n for n in names if n not in existing]
     missing = [n for n in new_names if n not in vectors]
     if missing:
         raise ConfigError(f"new speaker(s) {', '.join(missing)} have no speaker embeddings in the prepared data: "

@@ -9,6 +9,7 @@ last one to output_dir/final (export.py: a CustomVoice checkpoint in the officia
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -19,16 +20,19 @@ from typing import Optional
 
 import torch
 
-from ..console import Status, note
+from ..console import Status, note, one_line
+from ..errors import Q3TTSError
 from . import require
 from . import state as ckpt
-from .config import TrainConfig
-from .data import BatchPlan, Example, eval_batches, load_prepared, split_examples
+from .config import Resolved, TrainConfig
+from .data import BatchPlan, PreparedSet, eval_batches
+from .dataset import INDEX
 from .export import export_dtype, export_model
 from .loss import LossParts
 from .module import TrainModule, load_base, setup_mode, trainable_state
-from .sources import manifest_items
+from .sources import folder_items, manifest_items
 from .speakers import Speakers, plan_speakers
+from .summary import summary_lines
 
 TRAIN_LOG = "training_log.jsonl"
 VAL_LOG = "validation_log.jsonl"
@@ -53,12 +57,19 @@ def trackers(tc: TrainConfig) -> list[str]:
     import importlib.util
 
     wanted = [r.lower() for r in tc.report_to]
+    if tc.use_wandb is True and "wandb" not in wanted:
+        wanted = [r for r in wanted if r != "none"] + ["wandb"]
+    if tc.use_wandb is False:
+        wanted = [r for r in wanted if r != "wandb"]
+        os.environ.setdefault("WANDB_MODE", "disabled")  # and "auto" must not pick it up either
+    if tc.use_wandb is True and not importlib.util.find_spec("wandb"):
+        raise SystemExit("q3tts: use_wandb (USE_WANDB) needs the 'wandb' package: pip install wandb")
     if "none" in wanted:
         return []
     out = []
     if ("tensorboard" in wanted or "auto" in wanted) and importlib.util.find_spec("tensorboard"):
         out.append("tensorboard")
-    wandb_ready = os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")
+    wandb_ready = tc.use_wandb is not False and (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"))
     if ("wandb" in wanted or ("auto" in wanted and wandb_ready)) and importlib.util.find_spec("wandb"):
         out.append("wandb")
     return out
@@ -76,8 +87,12 @@ def truncate_jsonl(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
+class NonFiniteLoss(Q3TTSError):
+    """Too many NaN / Inf losses in a row: the run stops (checkpoints already written are kept)."""
+
+
 class Trainer:
-    def __init__(self, tc: TrainConfig, quiet: bool = False):
+    def __init__(self, tc: TrainConfig, quiet: bool = False, resolved: Optional[Resolved] = None):
         accelerate = require("accelerate", "training")
         self.tc, self.quiet, self.out = tc, quiet, Path(tc.output_dir)
         # accelerate keeps its settings in process-wide singletons; a second run in the same process
@@ -89,6 +104,10 @@ class Trainer:
                                           project_dir=str(self.out))  # fmt: skip
         accelerate.utils.set_seed(tc.seed)
         self.out.mkdir(parents=True, exist_ok=True)
+        for line in (resolved or Resolved(tc)).lines():
+            self.say(line)
+        self.say(f"precision: {self.acc.mixed_precision} (mixed_precision), device {self.acc.device}, "
+                 f"{self.acc.num_processes} process(es)")  # fmt: skip
         self.train_set, self.val_set = self.load_data()
         resume = self.resume_dir()
         module = self.build_module(resume)
@@ -97,7 +116,9 @@ class Trainer:
         optimizer, self.scheduler = self.build_optimizer(module)
         self.model, self.optimizer = self.acc.prepare(module, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.state = dict(step=0, best_val=None, best_step=None, window=[0.0] * 4, window_steps=0)
+        self.state = dict(step=0, best_val=None, best_step=None, window=[0.0] * 4, window_steps=0, nonfinite=0,
+                          skipped=0)  # fmt: skip
+        self.compute_dtype: Optional[str] = None  # what the first step ran in (TrainModule.compute)
         if resume is not None:
             saved = ckpt.load_into(resume, self.module, self.optimizer, self.scheduler, self.acc.scaler,
                                    self.acc.process_index)  # fmt: skip
@@ -112,9 +133,12 @@ class Trainer:
         if resume is not None:  # the speakers (ids, rounded embeddings) the run started with
             speakers = Speakers.restore(ckpt.load_speakers(resume), ckpt.read_trainer_state(resume)["speakers"])
         else:
-            speakers = plan_speakers(self.train_set + self.val_set, base.config.talker, tc.speaker_name, tc.speaker,
+            items = itertools.chain(self.train_set.light(), self.val_set.light())
+            speakers = plan_speakers(items, base.config.talker, tc.speaker_name, tc.speaker,
                                      export_dtype(tc.export_dtype, base.folder))  # fmt: skip
-        setup_mode(base.networks, base.config, tc)
+        roles = setup_mode(base.networks, base.config, tc)
+        for line in summary_lines(base.networks, roles):
+            self.say(line)
         return TrainModule(base, speakers, tc)
 
     def build_optimizer(self, module: TrainModule):
@@ -136,32 +160,72 @@ class Trainer:
         if self.acc.is_main_process:
             note(text, self.quiet)
 
-    def prepared(self, path: str, name: str, val_fraction: float) -> Path:
-        """A prepared folder for `path`: itself, or a manifest prepared into output_dir/<name>."""
+    def prepared(self, path: str, name: str, val_fraction: float, limit: int = 0) -> Path:
+        """A prepared folder for `path`: itself, or a manifest / folder of clips prepared into
+        output_dir/<name> (resumable: a re-run encodes only what is missing)."""
         p = Path(path)
-        if p.is_dir():
+        if p.is_dir() and (p / INDEX).is_file():
             return p
-        if not p.is_file():
+        if self.tc.data_mode == "none":
+            raise SystemExit(f"q3tts: data_mode none needs a prepared folder; {p} has no {INDEX}")
+        if not p.exists():
             raise SystemExit(f"q3tts: data not found: {p}")
+        items = folder_items(p) if p.is_dir() else manifest_items(p)
+        return self.prepare_into(name, items, val_fraction, limit)
+
+    def prepare_into(self, name: str, items, val_fraction: float, limit: int) -> Path:
         out = self.out / name
         if self.acc.is_main_process:
-            from .dataset import Encoders, Prepare, summary_lines
+            from .dataset import Encoders, Prepare
+            from .dataset import summary_lines as prepare_lines
 
-            job = Prepare(out, Encoders(self.tc.model, str(self.acc.device)), val_fraction)
-            report = job.run(manifest_items(p), quiet=self.quiet)
-            for line in summary_lines(report):
+            ref = Path(self.tc.ref_audio) if self.tc.ref_audio else None
+            if ref is not None and not ref.is_file():
+                raise SystemExit(f"q3tts: ref_audio not found: {ref}")
+            job = Prepare(out, Encoders(self.tc.model, str(self.acc.device)), val_fraction, default_ref=ref,
+                          max_items=limit)  # fmt: skip
+            report = job.run(items, quiet=self.quiet)
+            for line in prepare_lines(report):
                 self.say(line)
         self.acc.wait_for_everyone()
         return out
 
-    def load_data(self) -> tuple[list[Example], list[Example]]:
-        folder = self.prepared(self.tc.data, "data", self.tc.val_fraction)
-        train, val = split_examples(load_prepared(folder), folder)
-        if self.tc.val_data:
-            val = load_prepared(self.prepared(self.tc.val_data, "val_data", 0.0))
-        if not train:
+    def dataset(self, split: str, name: str, val_fraction: float, limit: int) -> Path:
+        """A split of the Hugging Face dataset `dataset_name`, prepared into output_dir/<name>."""
+        from .sources import dataset_items
+
+        tc = self.tc
+        items = dataset_items(tc.dataset_name, split, tc.dataset_config, tc.columns)
+        try:
+            return self.prepare_into(name, items, val_fraction, limit)
+        except (ValueError, KeyError) as e:  # datasets: an unknown split or config
+            raise SystemExit(f"q3tts: dataset {tc.dataset_name!r} split {split!r}: {one_line(str(e))}") from None
+
+    def load_data(self) -> tuple[PreparedSet, PreparedSet]:
+        tc = self.tc
+        limit_train, limit_val = tc.max_train_samples, tc.max_eval_samples
+        separate_val = bool(tc.val_data or (tc.dataset_name and tc.validation_split))
+        fraction = 0.0 if separate_val else tc.val_fraction
+        # preparing on the fly stops early when the run is limited (a debug run on a big corpus)
+        cap = 0 if not limit_train else limit_train + (0 if separate_val else limit_val or limit_train)
+        if tc.dataset_name and (tc.data_mode == "direct" or not tc.data):
+            folder = self.dataset(tc.train_split, "data", fraction, cap)
+        else:
+            folder = self.prepared(tc.data, "data", fraction, cap)
+        train = PreparedSet(folder, "train", limit_train)
+        if tc.val_data:
+            val = PreparedSet(self.prepared(tc.val_data, "val_data", 0.0, limit_val), None, limit_val)
+        elif tc.dataset_name and tc.validation_split:
+            val = PreparedSet(self.dataset(tc.validation_split, "val_data", 0.0, limit_val), None, limit_val)
+        else:
+            val = PreparedSet(folder, "validation", limit_val)
+        if not len(train):
             raise SystemExit(f"q3tts: {folder} has no training items")
-        self.say(f"data: {len(train)} training items, {len(val)} validation items")
+        limits = f" (max_train_samples {limit_train})" if limit_train else ""
+        limits += f" (max_eval_samples {limit_val})" if limit_val else ""
+        self.say(f"data: {len(train)} training items, {len(val)} validation items{limits}")
+        self.data_info = {"train_items": len(train), "val_items": len(val), "folder": str(folder),
+                          "train_hours": round(sum(train.meta(i)["duration"] for i in range(len(train))) / 3600, 4)}  # fmt: skip
         return train, val
 
     def resume_dir(self) -> Optional[Path]:
@@ -181,7 +245,11 @@ class Trainer:
         if self.acc.log_with:
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                     for k, v in self.tc.to_dict().items() if v is not None}  # fmt: skip
-            self.acc.init_trackers(self.tc.project, config=flat)
+            wandb_args = {k: v for k, v in (("name", self.tc.run_name), ("entity", self.tc.wandb_entity)) if v}
+            self.acc.init_trackers(self.tc.project, config=flat, init_kwargs={"wandb": wandb_args})
+            if "wandb" in trackers(self.tc) and self.acc.is_main_process:
+                run = self.acc.get_tracker("wandb", unwrap=True)  # what wandb itself holds
+                self.say(f"wandb run {run.name!r} (entity {run.entity or None!r}, project {run.project!r})")
         if self.acc.is_main_process:
             for name in (TRAIN_LOG, VAL_LOG):
                 truncate_jsonl(self.out / name, self.state["step"])
@@ -198,13 +266,21 @@ class Trainer:
                 parts = LossParts(**self.model([self.train_set[i] for i in idx]))
                 self.acc.backward(parts.total(self.tc.cp_loss_weight) / len(micro))
             sums += parts.as_tensor()
+            if self.compute_dtype is None:
+                self.compute_dtype = self.module.compute
+        sums = self.acc.reduce(sums, "sum")  # every rank sees the same sums, so all skip together
         norm = float("nan")
-        if self.tc.max_grad_norm > 0:
+        finite = bool(torch.isfinite(sums).all())
+        if finite and self.tc.max_grad_norm > 0:
             norm = float(self.acc.clip_grad_norm_(self.params, self.tc.max_grad_norm))
-        self.optimizer.step()
+            finite = math.isfinite(norm)
+        if finite:
+            self.optimizer.step()
+        # a skipped step still consumes its batches and its place in the schedule, so the data
+        # order and the learning rate stay those of the step count (and resuming stays exact)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.acc.reduce(sums, "sum"), norm
+        return sums, norm if finite else None
 
     def losses(self, sums) -> dict:
         p = LossParts(*[torch.as_tensor(float(v)) for v in sums])
@@ -227,14 +303,36 @@ class Trainer:
         return self.losses(self.acc.reduce(sums, "sum"))
 
     # -- bookkeeping ----------------------------------------------------------------------------
+    def skip(self, sums: torch.Tensor) -> None:
+        """A NaN / Inf loss or gradient: no update was made; log it, stop after too many in a row."""
+        st = self.state
+        st["nonfinite"] += 1
+        st["skipped"] += 1
+        loss = self.losses(sums)["loss"]
+        record = {"step": st["step"], "epoch": round(st["step"] / self.plan.steps_per_epoch, 4),
+                  "skipped": f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} ({loss})"}  # fmt: skip
+        if self.acc.is_main_process:
+            append_jsonl(self.out / TRAIN_LOG, record)
+        self.say(f"warning: step {st['step']}: {record['skipped']}; the update was skipped "
+                 f"({st['nonfinite']} in a row, the run stops at {self.tc.max_nonfinite_steps})")  # fmt: skip
+        if st["nonfinite"] >= self.tc.max_nonfinite_steps:
+            kept = ckpt.latest(self.out)
+            self.acc.end_training()
+            raise NonFiniteLoss(f"stopped at step {st['step']}: the loss or gradient was NaN/Inf for "
+                                f"{st['nonfinite']} steps in a row (max_nonfinite_steps); lower lr or check the data. "
+                                f"Saved checkpoints are untouched (latest: {kept or 'none'})")  # fmt: skip
+
     def log_train(self, sums: torch.Tensor, norm: float) -> None:
         st = self.state
+        st["nonfinite"] = 0
         st["window"] = [a + float(b) for a, b in zip(st["window"], sums)]
         st["window_steps"] += 1
         if st["step"] % max(1, self.tc.logging_steps) and st["step"] != self.total:
             return
         record = {"step": st["step"], "epoch": round(st["step"] / self.plan.steps_per_epoch, 4),
                   **self.losses(st["window"]), "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm}  # fmt: skip
+        if st["step"] == 1 and self.compute_dtype is not None:
+            record["compute"] = self.compute_dtype
         st["window"], st["window_steps"] = [0.0] * 4, 0
         if self.acc.is_main_process:
             append_jsonl(self.out / TRAIN_LOG, record)
@@ -246,14 +344,14 @@ class Trainer:
             return
         st = self.state
         record = {"step": st["step"], "epoch": round(st["step"] / self.plan.steps_per_epoch, 4), **result}
-        best = st["best_val"] is None or result["loss"] < st["best_val"]
+        best = math.isfinite(result["loss"]) and (st["best_val"] is None or result["loss"] < st["best_val"])
         if best:
             st["best_val"], st["best_step"] = result["loss"], st["step"]
         record["best"] = best
         if self.acc.is_main_process:
             append_jsonl(self.out / VAL_LOG, record)
             if best:
-                export_model(self.module, self.source, self.out / "best", self.tc.export_dtype)
+                export_model(self.module, self.source, self.out / "best", self.tc.export_dtype, self.export_state())
         self.acc.log({f"validation/{k}": v for k, v in result.items()}, step=st["step"])
         self.acc.wait_for_everyone()
 
@@ -267,7 +365,9 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             trainer_state = {"trainer": self.state, "step": self.state["step"], "total_steps": self.total,
-                             "speakers": self.module.speakers.meta(), "config": self.tc.to_dict()}  # fmt: skip
+                             "steps_per_epoch": self.plan.steps_per_epoch, "speakers": self.module.speakers.meta(),
+                             "config": self.tc.to_dict(), "data": self.data_info,
+                             "speaker_items": self.speaker_items()}  # fmt: skip
             ckpt.write_main(tmp, trainable_state(self.module), self.module.speakers.tensors(), self.optimizer,
                             self.scheduler, self.acc.scaler, trainer_state)  # fmt: skip
             ckpt.replace_dir(tmp, final)
@@ -289,7 +389,14 @@ class Trainer:
             while st["step"] < self.total:
                 sums, norm = self.train_step(st["step"])
                 st["step"] += 1
-                self.log_train(sums, norm)
+                if norm is None:
+                    self.skip(sums)
+                    if st["step"] < self.total:
+                        continue  # nothing changed: no validation, no checkpoint of this step
+                else:
+                    self.log_train(sums, norm)
+                if st["step"] == 1 and self.compute_dtype is not None:
+                    self.say(f"step 1: {self.compute_dtype}")
                 status.update(f"step {st['step']}/{self.total}  loss {self.losses(sums)['loss']:.4f}")
                 if self.due(tc.eval_steps) or st["step"] == self.total:
                     self.validate()
@@ -302,17 +409,52 @@ class Trainer:
                     return {"step": st["step"], "checkpoint": str(saved), "stopped": True}
         final = self.out / "final"
         if self.acc.is_main_process:
-            export_model(self.module, self.source, final, tc.export_dtype)
+            export_model(self.module, self.source, final, tc.export_dtype, self.export_state())
         self.acc.wait_for_everyone()
         self.acc.end_training()
+        uploads = self.push_to_hub(final) if self.acc.is_main_process else {}
         self.say(f"done in {time.monotonic() - start:.1f} s: {final}" + (f", best (step {st['best_step']}): "
                  f"{self.out / 'best'}" if st["best_step"] else ""))  # fmt: skip
         return {"step": st["step"], "checkpoint": str(saved), "final": str(final), "best_val": st["best_val"],
-                "best_step": st["best_step"], "validated": validated}  # fmt: skip
+                "best_step": st["best_step"], "validated": validated, "skipped": st["skipped"], "hub": uploads}  # fmt: skip
+
+    def export_state(self) -> dict:
+        """training_state.json of an export (the community pipeline's keys, and the data)."""
+        st = self.state
+        return export_state(self.tc, st["step"], st["step"] / self.plan.steps_per_epoch, st["best_val"],
+                            st["best_step"], self.data_info, self.speaker_items())  # fmt: skip
+
+    def speaker_items(self) -> dict:
+        if not hasattr(self, "_speaker_items"):
+            default = self.tc.speaker_name.lower()
+            counts: dict = {}
+            for i in range(len(self.train_set)):
+                name = (self.train_set.meta(i).get("speaker") or default).lower()
+                counts[name] = counts.get(name, 0) + 1
+            self._speaker_items = counts
+        return self._speaker_items
+
+    def push_to_hub(self, final: Path) -> dict:
+        repos = self.tc.hub_repos()
+        folders = {label: (self.out / label, repo) for label, repo in repos.items() if (self.out / label).is_dir()}
+        if not folders:
+            return {}
+        from .hub import push_all
+
+        return push_all(folders, self.tc.hf_token, self.tc.hub_private, self.tc.hub_timeout, lambda t: note(t))
 
 
-def train(tc: TrainConfig, quiet: bool = False) -> dict:
-    return Trainer(tc, quiet).fit()
+def export_state(
+    tc: TrainConfig, step: int, epoch: float, best_val, best_step, data: dict, speaker_items: dict
+) -> dict:
+    return {"step": step, "epoch": round(epoch, 4), "best_val_loss": best_val,
+            "best_val_metrics": {"loss": best_val} if best_val is not None else {}, "best_step": best_step,
+            "config": tc.to_dict(), "data": data, "speaker_items": speaker_items,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": "q3tts train"}  # fmt: skip
+
+
+def train(tc: TrainConfig, quiet: bool = False, resolved: Optional[Resolved] = None) -> dict:
+    return Trainer(tc, quiet, resolved).fit()
 
 
 def export_checkpoint(path: Path, out: Path, dtype: Optional[str] = None) -> Path:
@@ -331,4 +473,7 @@ def export_checkpoint(path: Path, out: Path, dtype: Optional[str] = None) -> Pat
     with torch.no_grad():
         for name, value in load_file(str(path / "trainable.safetensors")).items():
             params[name].copy_(value)
-    return export_model(module, base.folder, out, dtype or tc.export_dtype)
+    epoch = saved["step"] / max(1, saved.get("steps_per_epoch") or 1) if saved.get("steps_per_epoch") else None
+    state = export_state(tc, saved["step"], epoch if epoch is not None else 0.0, saved["trainer"].get("best_val"),
+                         saved["trainer"].get("best_step"), saved.get("data") or {}, saved.get("speaker_items") or {})  # fmt: skip
+    return export_model(module, base.folder, out, dtype or tc.export_dtype, state)

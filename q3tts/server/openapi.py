@@ -34,7 +34,10 @@ def errors(*statuses: int) -> dict:
 def audio_responses() -> dict:
     binary = {"schema": {"type": "string", "format": "binary"}}
     content = {media: binary for media in dict.fromkeys(MEDIA_TYPES.values())}
-    content["text/event-stream"] = {"schema": {"type": "string"}}  # stream_format="sse"
+    # stream_format="sse": each event as clients (and schemathesis) parse it, its JSON in `data`
+    sse_event = {"type": "object", "required": ["data"],
+                 "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}  # fmt: skip
+    content["text/event-stream"] = {"schema": sse_event}
     return {200: {"description": "the audio, sent while it is generated (or SSE events)", "content": content}}
 
 

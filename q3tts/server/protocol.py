@@ -31,6 +31,7 @@ class VoiceOptions(BaseModel):
     task_type: Optional[TaskType] = None  # must match the loaded checkpoint when given
     ref_audio: Optional[str] = None  # base64, a data: URL, or an http(s) URL on an allowed host (Base)
     ref_text: Optional[str] = None  # transcript of ref_audio (in-context cloning)
+    # Numbers and flags as JSON Schema reads them: true is not 1 and "3" is not 3 (400), 3.0 is 3.
     x_vector_only_mode: bool = False  # clone from the speaker embedding only (no transcript needed)
     # generation
     max_new_tokens: Optional[int] = Field(None, ge=2, le=8192)  # codec frames (+1), 12.5 per second
@@ -43,6 +44,21 @@ class VoiceOptions(BaseModel):
     initial_codec_chunk_frames: Optional[int] = Field(None, ge=1, le=100)  # frames in the first audio chunk
     # OpenAI's speaking rate: the audio is time-scaled as it streams, pitch kept (q3tts/timescale.py)
     speed: float = Field(1.0, ge=0.25, le=4.0)
+
+    @field_validator("max_new_tokens", "min_new_tokens", "seed", "temperature", "top_k", "top_p",
+                     "repetition_penalty", "initial_codec_chunk_frames", "speed", mode="before")  # fmt: skip
+    @classmethod
+    def _json_number(cls, value):  # lax mode would read true as 1 and "3" as 3: a client's mistake
+        if isinstance(value, (bool, str)):
+            raise ValueError("must be a JSON number")
+        return value
+
+    @field_validator("x_vector_only_mode", mode="before")
+    @classmethod
+    def _json_bool(cls, value):
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
 
     @field_validator("voice")
     @classmethod

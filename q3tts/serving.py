@@ -189,6 +189,8 @@ class SpeechScheduler:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+            if not self._thread.is_alive():  # the batch's caches and engine (the weights) go with it
+                self._batch = None
             self._thread = None
 
     def __enter__(self) -> "SpeechScheduler":

@@ -85,6 +85,7 @@ class Lease:
             self._released = True
             self._entry.users -= 1
             self._entry.idle.notify_all()
+        self.tts = self.scheduler = None  # a lease kept around must not keep an unloaded model alive
 
 
 def parse_model_specs(specs: list[str]) -> dict[str, str]:

@@ -15,6 +15,8 @@ that is no loader option at all is a TypeError, as for any Python call."""
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,8 +48,15 @@ class LoaderOptions:
     hub: dict = field(default_factory=dict)  # local_files_only, revision, cache_dir, token
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def _warn(text: str) -> None:
-    warnings.warn(text, IgnoredOptionWarning, stacklevel=4)
+    """Warn at the caller's line: the first frame outside the q3tts package."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(text, IgnoredOptionWarning, stacklevel=level + 1)
 
 
 def _device_from_map(device_map) -> Any:

@@ -81,6 +81,12 @@ FLAGS = [  # (flag, settings field, type, help)
         "and loopback addresses are refused all the same. Default: URLs are refused",
     ),
     ("--ref-audio-url-timeout", "ref_audio_url_timeout", float, "seconds for one ref_audio download (default 10)"),
+    (
+        "--ui-upload-max-age",
+        "ui_upload_max_age",
+        float,
+        "seconds an unused reference upload stays on disk (default 600)",
+    ),
 ]
 REPEATED = ("api_keys", "ui_models", "allowed_hosts", "allowed_origins", "model", "ref_audio_url_hosts")
 

@@ -119,7 +119,7 @@ def _mount_ui(app: FastAPI, settings: Settings, models: ModelManager) -> bool:
         auth = (lambda _user, password: key_matches(keys, password)) if keys else None
         # The UI writes voices through the same crash-safe, indexed library the API serves.
         app.state.voice_library = VoiceLibrary(settings.voices_dir)
-        mount_ui(app, models, app.state.voice_library, auth=auth)
+        mount_ui(app, models, app.state.voice_library, auth=auth, upload_max_age=settings.ui_upload_max_age)
     except Exception as e:  # the API must come up even if the UI cannot
         log.warning("web UI off: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
         return False

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     ref_audio_url_hosts: Annotated[list[str], NoDecode] = []
     ref_audio_url_timeout: float = Field(10.0, gt=0, le=120.0)  # seconds for one ref_audio download
 
+    # Seconds a reference clip uploaded or recorded in the web UI stays on disk unused (used clips are
+    # deleted once decoded, and every clip of a page when it is closed): ui_files.py.
+    ui_upload_max_age: float = Field(600.0, gt=0)
+
     @field_validator("ref_audio_url_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value):

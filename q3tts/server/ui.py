@@ -36,7 +36,7 @@ from ..generate.openmp import releasing_workers
 from ..voices import default_voices_dir
 from .models import KINDS, ModelManager, ModelsBusy, ModelUnavailable, format_bytes, parse_model_specs
 from .security import GuardMiddleware, HostPolicy
-from .ui_files import UIFileGuard, UploadRefused, UploadRegistry, client_token
+from .ui_files import UPLOAD_MAX_AGE, UIFileGuard, UploadRefused, UploadRegistry, client_token
 from .voices import VoiceExists, VoiceLibrary, VoiceNotFound
 
 log = logging.getLogger("q3tts.ui")
@@ -502,14 +502,23 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
             _guarded(statuses), None, status_outputs
         )
         demo.load(_guarded(lambda: (*model_views(), *voice_views())), None, [*model_outputs, *voice_outputs])
+
+        def session_ended(request: gr.Request):
+            """The page was closed or reloaded: its reference clips leave the disk and the memory."""
+            uploads.forget_client(client_token({"headers": request.headers.raw}) if request is not None else None)
+
+        demo.unload(session_ended)
     demo.queue(default_concurrency_limit=max(1, models.max_batch))
     return demo
 
 
-def mount_ui(app, models: ModelManager, voices_dir, path: str = "/ui", generation: Optional[dict] = None, **kwargs):
+def mount_ui(app, models: ModelManager, voices_dir, path: str = "/ui", generation: Optional[dict] = None,
+             upload_max_age: float = UPLOAD_MAX_AGE, **kwargs):  # fmt: skip
     """Mount the UI on a FastAPI `app` at `path`, behind UIFileGuard (ui_files.py: each browser reads
-    and names only its own files); `kwargs` go to gr.mount_gradio_app (e.g. auth=...)."""
-    uploads = UploadRegistry()
+    and names only its own files, and uploads leave the disk once used, when their page closes, or
+    after `upload_max_age` seconds unused); `kwargs` go to gr.mount_gradio_app (e.g. auth=...)."""
+    uploads = UploadRegistry(max_age=upload_max_age)
+    uploads.start_sweeper()
     # Gradio serves only the files named here besides its own cache; nothing outside is added.
     kwargs = {"theme": THEME, "ssr_mode": False, "show_error": True, "allowed_paths": [], **kwargs}
     mounted = gr.mount_gradio_app(app, build_ui(models, voices_dir, uploads, generation), path=path, **kwargs)

@@ -10,8 +10,16 @@ path where an audio input is expected; Gradio copied the file into its cache (re
   - refuses (403) any request whose JSON names a file that client did not upload, before Gradio
     sees it, and serves `/gradio_api/file=PATH` (404 otherwise) only for that client's files;
   - refuses `/gradio_api/proxy=` (the UI loads no remote Space).
-The UI's handlers check every input path again (`UploadRegistry.read_audio`) and delete an
-upload once it is decoded; the decoded audio stays in memory for reruns with the same clip."""
+The UI's handlers check every input path again (`UploadRegistry.read_audio`).
+
+Reference clips and microphone recordings are biometric data, so no copy stays on disk longer than
+it is needed. An upload (and Gradio's conversion of it, `clip.wav` beside `clip.mp3`) is deleted:
+  - once decoded for a run (the decoded audio stays in memory for reruns with the same clip);
+  - when its browser session ends (the page is closed or reloaded: Gradio's unload event);
+  - when it has waited `max_age` seconds unused (a clip replaced in the page, or never used);
+  - at once when no browser session can use it (an upload without the UI's client cookie), and
+    when its session is dropped from the registry (the least recently seen of `max_clients`).
+Decoded clips leave memory with their session, or `max_age` seconds after their last use."""
 
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -28,6 +37,8 @@ import numpy as np
 
 COOKIE = "q3tts_ui_client"
 MAX_JSON_BODY = 8 * 1024 * 1024  # a UI event body: text fields and file references, never file bytes
+UPLOAD_MAX_AGE = 600.0  # seconds an unused upload (or a decoded clip since its last use) is kept
+SWEEP_INTERVAL = 30.0  # seconds between checks for expired uploads
 
 
 class UploadRefused(Exception):
@@ -40,37 +51,48 @@ def _real(path: str) -> str:
 
 class _Client:
     def __init__(self):
-        self.uploads: set[str] = set()  # real paths /upload returned to this client
+        self.uploads: dict[str, float] = {}  # real paths /upload returned to this client -> when
         self.downloads: set[str] = set()  # uploads + files in outputs sent to it
 
 
 class UploadRegistry:
     """Per-client file sets (at most `max_clients`, least recently seen dropped first), and the
     last `max_decoded` decoded uploads of all clients (a 60 s clip is 5.8 MB as float32, so at
-    most about 90 MB)."""
+    most about 90 MB). Uploads and decoded clips expire after `max_age` seconds unused."""
 
-    def __init__(self, max_clients: int = 256, max_files: int = 256, max_decoded: int = 16):
+    def __init__(self, max_clients: int = 256, max_files: int = 256, max_decoded: int = 16,
+                 max_age: float = UPLOAD_MAX_AGE):  # fmt: skip
         self.max_clients, self.max_files, self.max_decoded = max_clients, max_files, max_decoded
+        self.max_age = float(max_age)
         self._clients: OrderedDict[str, _Client] = OrderedDict()
-        self._decoded: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (client, path) -> audio
+        # (client, path) -> (audio, last use)
+        self._decoded: OrderedDict[tuple[str, str], tuple[np.ndarray, float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sweeper: Optional[threading.Thread] = None
 
     def _client(self, token: str) -> _Client:
         client = self._clients.pop(token, None) or _Client()
         self._clients[token] = client
         while len(self._clients) > self.max_clients:
-            self._clients.popitem(last=False)
+            _, dropped = self._clients.popitem(last=False)
+            _remove_all(dropped.uploads)
         return client
 
     def add_uploads(self, token: Optional[str], paths: list[str]) -> None:
-        if not token:  # a client that never loaded the page: its uploads name nothing usable
+        if not token:  # a client that never loaded the page: nothing can use its uploads
+            _remove_all(paths)
             return
+        now = time.monotonic()
         with self._lock:
             client = self._client(token)
             for path in paths:
-                client.uploads.add(_real(path))
+                client.uploads[_real(path)] = now
                 client.downloads.add(_real(path))
-            _trim(client.uploads, self.max_files)
+            while len(client.uploads) > self.max_files:  # the oldest go first
+                oldest = next(iter(client.uploads))
+                del client.uploads[oldest]
+                _remove_upload(Path(oldest))
 
     def add_outputs(self, token: Optional[str], paths: list[str]) -> None:
         if not token:
@@ -85,12 +107,9 @@ class UploadRegistry:
         stem, another suffix: gr.Audio writes `clip.wav` beside an uploaded `clip.mp3`)."""
         if not token or not isinstance(path, str):
             return False
-        real = Path(_real(path))
         with self._lock:
             client = self._clients.get(token)
-            if client is None:
-                return False
-            return any(Path(u).parent == real.parent and Path(u).stem == real.stem for u in client.uploads)
+            return client is not None and self._is_upload(client, path)
 
     def may_download(self, token: Optional[str], path: str) -> bool:
         if not token:
@@ -112,16 +131,68 @@ class UploadRegistry:
         with self._lock:
             if key in self._decoded:
                 self._decoded.move_to_end(key)
-                return self._decoded[key]
+                wav = self._decoded[key][0]
+                self._decoded[key] = (wav, time.monotonic())
+                self._touch(token, key[1])  # in use: its record lives on as long as the decoded clip
+                return wav
         if not os.path.isfile(key[1]):
             raise UploadRefused("the uploaded clip is no longer on the server; upload it again")
-        wav = load(key[1])
+        try:
+            wav = load(key[1])
+        finally:  # decoded or not (a file that is no audio), the upload has served its purpose
+            _remove_upload(Path(key[1]))
         with self._lock:
-            self._decoded[key] = wav
+            self._decoded[key] = (wav, time.monotonic())
             while len(self._decoded) > self.max_decoded:
                 self._decoded.popitem(last=False)
-        _remove_upload(Path(key[1]))
         return wav
+
+    def _touch(self, token: str, path: str) -> None:
+        client, real = self._clients.get(token), Path(path)
+        for upload in [u for u in (client.uploads if client else ()) if Path(u).parent == real.parent
+                       and Path(u).stem == real.stem]:  # fmt: skip
+            client.uploads[upload] = time.monotonic()
+
+    # -- expiry ----------------------------------------------------------------------------------
+    def forget_client(self, token: Optional[str]) -> None:
+        """A browser session ended: its uploads leave the disk and its decoded clips the memory."""
+        if not token:
+            return
+        with self._lock:
+            client = self._clients.pop(token, None)
+            for key in [k for k in self._decoded if k[0] == token]:
+                del self._decoded[key]
+        if client is not None:
+            _remove_all(client.uploads)
+
+    def sweep(self, now: Optional[float] = None) -> int:
+        """Delete uploads unused for `max_age` seconds and drop decoded clips unused as long; -> files removed."""
+        now = time.monotonic() if now is None else now
+        expired: list[str] = []
+        with self._lock:
+            for client in self._clients.values():
+                for path, added in list(client.uploads.items()):
+                    if now - added >= self.max_age:
+                        expired.append(path)
+                        del client.uploads[path]
+            for key in [k for k, (_, used) in self._decoded.items() if now - used >= self.max_age]:
+                del self._decoded[key]
+        return _remove_all(expired)
+
+    def start_sweeper(self, interval: float = SWEEP_INTERVAL) -> None:
+        """A daemon thread that sweeps every `interval` seconds until `stop_sweeper`."""
+        if self._sweeper is not None:
+            return
+
+        def loop():
+            while not self._stop.wait(min(interval, self.max_age)):
+                self.sweep()
+
+        self._sweeper = threading.Thread(target=loop, name="q3tts-ui-uploads", daemon=True)
+        self._sweeper.start()
+
+    def stop_sweeper(self) -> None:
+        self._stop.set()
 
 
 def _trim(paths: set[str], limit: int) -> None:
@@ -129,14 +200,22 @@ def _trim(paths: set[str], limit: int) -> None:
         paths.pop()
 
 
-def _remove_upload(path: Path) -> None:
-    """The upload, its conversions (same stem) and its folder if that leaves it empty."""
+def _remove_upload(path: Path) -> int:
+    """The upload, its conversions (same stem) and its folder if that leaves it empty; -> files removed."""
+    removed = 0
     for sibling in path.parent.glob(f"{path.stem}.*"):
-        sibling.unlink(missing_ok=True)
+        if sibling.is_file():
+            sibling.unlink(missing_ok=True)
+            removed += 1
     try:
         path.parent.rmdir()
     except OSError:
         pass
+    return removed
+
+
+def _remove_all(paths) -> int:
+    return sum(_remove_upload(Path(p)) for p in list(paths) if p)
 
 
 def file_paths(value) -> list[str]:

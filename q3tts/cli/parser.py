@@ -7,6 +7,7 @@ import argparse
 from .checkpoint import cmd_info, cmd_make_checkpoint
 from .codes import cmd_decode, cmd_encode
 from .common import _Parser
+from .evaluate import add_eval_parser
 from .launchers import cmd_bench, cmd_dataset, cmd_serve, cmd_train
 from .synthesis import cmd_clone, cmd_design, cmd_speak
 from .voices import cmd_voices_delete, cmd_voices_list, cmd_voices_save
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="checkpoint folder or Hugging Face repo id")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    add_eval_parser(sub, common)  # q3tts eval (issue 12)
     return p
 
 

@@ -318,3 +318,32 @@ def test_only_the_front_doors_and_train_import_the_eval_package():
     wrong = [f"{name} imports {target}" for name, targets in import_graph().items() for target in targets
              if under(target, "q3tts.eval") and not any(under(name, a) for a in allowed)]  # fmt: skip
     assert not wrong
+
+
+# -- in training -------------------------------------------------------------------------------------------
+def test_training_logs_speaker_similarity_and_wer_each_eval(tmp_path, make_tiny, say, resemblyzer, asr):
+    from q3tts.train.__main__ import main as train_main
+    from q3tts.train.dataset import main as prepare_main
+
+    texts = ["Hello there.", "Good morning."]
+    lines = []
+    for i, text in enumerate(texts):
+        sf.write(tmp_path / f"{i}.wav", *say(text, "en-us+f3"))
+        lines.append(json.dumps({"audio": f"{i}.wav", "text": text, "language": "english"}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    model = make_tiny("base")
+    assert prepare_main(["prepare", "--manifest", str(tmp_path / "data.jsonl"), "--model", str(model), "--out",
+                         str(tmp_path / "data"), "--val-fraction", "0", "--quiet"]) == 0  # fmt: skip
+    run = tmp_path / "run"
+    sets = dict(model=model, data=tmp_path / "data", val_data=tmp_path / "data", output_dir=run, max_steps=2,
+                batch_size=2, eval_steps=1, save_steps=2, eval_generate=1, metric_for_best="speaker_similarity",
+                report_to="none")  # fmt: skip
+    assert train_main(["--quiet", *[f"--set={k}={v}" for k, v in sets.items()]]) == 0
+    val = [json.loads(line) for line in (run / "validation_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in val] == [1, 2]
+    for r in val:
+        assert -1 <= r["speaker_similarity"] <= 1 and r["wer"] >= 0 and r["speech_eval_items"] == 1, r
+    assert val[0]["best"] and (run / "best" / "config.json").is_file() and not (run / ".speech-eval").exists()
+    assert val[1]["best"] == (val[1]["speaker_similarity"] > val[0]["speaker_similarity"])
+    bad = train_main(["--quiet", *[f"--set={k}={v}" for k, v in {**sets, "eval_generate": 0}.items()]])
+    assert bad != 0

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from ..console import Status, note
-from . import require
+from . import require, speech_eval
 from . import state as ckpt
 from .config import TrainConfig
 from .data import BatchPlan, Example, eval_batches, load_prepared, split_examples
@@ -97,6 +97,8 @@ class Trainer:
         optimizer, self.scheduler = self.build_optimizer(module)
         self.model, self.optimizer = self.acc.prepare(module, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        speech_eval.check_settings(tc)
+        self._speech_eval = None
         self.state = dict(step=0, best_val=None, best_step=None, window=[0.0] * 4, window_steps=0)
         if resume is not None:
             saved = ckpt.load_into(resume, self.module, self.optimizer, self.scheduler, self.acc.scaler,
@@ -244,11 +246,13 @@ class Trainer:
         result = self.evaluate()
         if result is None:
             return
+        result.update(self.speech_metrics())
         st = self.state
         record = {"step": st["step"], "epoch": round(st["step"] / self.plan.steps_per_epoch, 4), **result}
-        best = st["best_val"] is None or result["loss"] < st["best_val"]
+        metric = self.tc.metric_for_best
+        best = speech_eval.better(metric, result.get(metric), st["best_val"])
         if best:
-            st["best_val"], st["best_step"] = result["loss"], st["step"]
+            st["best_val"], st["best_step"] = result[metric], st["step"]
         record["best"] = best
         if self.acc.is_main_process:
             append_jsonl(self.out / VAL_LOG, record)
@@ -256,6 +260,15 @@ class Trainer:
                 export_model(self.module, self.source, self.out / "best", self.tc.export_dtype)
         self.acc.log({f"validation/{k}": v for k, v in result.items()}, step=st["step"])
         self.acc.wait_for_everyone()
+
+    def speech_metrics(self) -> dict:
+        """Speaker similarity and WER of a few held-out items spoken now (speech_eval.py); {} when off."""
+        if not self.tc.eval_generate or not self.acc.is_main_process:
+            return {}
+        if self._speech_eval is None:
+            self._speech_eval = speech_eval.SpeechEval(self.tc.eval_asr)
+        return self._speech_eval(self.module, self.source, self.out, self.val_set[: self.tc.eval_generate],
+                                 self.tc.speaker_name, self.tc.export_dtype)  # fmt: skip
 
     def save(self) -> Path:
         final = ckpt.checkpoint_dir(self.out, self.state["step"])

@@ -4,16 +4,19 @@
 PY := .venv/bin/python
 RUFF := $(PY) -m ruff
 
-.PHONY: setup setup-oracle setup-browser demo check test
+.PHONY: setup setup-oracle setup-browser setup-eval demo check test
 
 setup:
-	bash tools/setup.sh dev server ui train wandb
+	bash tools/setup.sh dev server ui train wandb eval
 
 setup-oracle:
 	bash tools/oracle/setup.sh
 
 setup-browser:
 	bash tools/setup_browser.sh
+
+setup-eval:
+	bash tools/setup_eval.sh
 
 demo: setup
 	$(PY) -m q3tts.demo
@@ -23,5 +26,5 @@ check: setup
 	$(RUFF) format --check q3tts tests tools
 	$(PY) -m pytest -q -m "not oracle and not browser"
 
-test: setup setup-oracle setup-browser
-	Q3TTS_REQUIRE_ORACLE=1 Q3TTS_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+test: setup setup-oracle setup-browser setup-eval
+	Q3TTS_REQUIRE_ORACLE=1 Q3TTS_REQUIRE_BROWSER=1 Q3TTS_REQUIRE_ESPEAK=1 $(PY) -m pytest -q

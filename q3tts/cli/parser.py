@@ -8,6 +8,7 @@ from .checkpoint import cmd_info, cmd_make_checkpoint
 from .codes import cmd_decode, cmd_encode
 from .common import _Parser
 from .doctor import cmd_doctor
+from .evaluate import add_eval_parser
 from .launchers import cmd_bench, cmd_dataset, cmd_demo, cmd_serve, cmd_train
 from .synthesis import cmd_clone, cmd_design, cmd_speak
 from .voices import cmd_voices_delete, cmd_voices_list, cmd_voices_save
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check this machine: Python, torch, CUDA/MPS, bf16, disk, RAM, extras")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=cmd_doctor)
+    add_eval_parser(sub, common)  # q3tts eval (issue 12)
     return p
 
 

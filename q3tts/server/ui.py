@@ -131,6 +131,58 @@ def _stats(job, wall: float, load_seconds: float, note: str = "") -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Evaluation (q3tts.eval): measures after a clone, and the Evaluate tab
+# ----------------------------------------------------------------------------------------------
+EVAL_MAX_ITEMS = 20  # the tab runs in the request: a small list only (`q3tts eval` for real runs)
+
+
+def _clone_measures(tts, wav: np.ndarray, sr: int, ref: Optional[tuple], text: str) -> str:
+    """Similarity to the reference (the model's own speaker encoder) and the speech rate, one line."""
+    from ..eval.errors import EvalError
+    from ..eval.pacing import pacing
+    from ..eval.speaker import CheckpointEmbedder, similarity
+
+    parts = [f"speech rate **{pacing(wav, sr, text).words_per_second:.1f} words/s**"]
+    if ref is not None:
+        try:
+            embedder = CheckpointEmbedder(tts)
+            sim = similarity(embedder.embed(wav, sr), embedder.embed(*ref))
+            parts.insert(0, f"similarity to the reference **{sim:.2f}** (the model's speaker encoder)")
+        except EvalError as e:
+            parts.insert(0, f"similarity not measured: {e}")
+    return " · ".join(parts)
+
+
+def _evaluate(tts, list_path: str, options: dict) -> tuple[Optional[np.ndarray], str]:
+    import tempfile
+
+    from ..eval.errors import EvalError
+    from ..eval.report import write_report
+    from ..eval.runner import NATURALNESS_NOTE, Scorers, evaluate_model
+    from ..eval.testlist import load_test_list
+
+    items = load_test_list(list_path)
+    if len(items) > EVAL_MAX_ITEMS:
+        raise EvalError(f"the list has {len(items)} items; the web UI runs at most {EVAL_MAX_ITEMS} (use `q3tts eval`)")
+    try:
+        import resemblyzer  # noqa: F401
+
+        backend = "resemblyzer"
+    except ImportError:
+        backend = "none"
+    with tempfile.TemporaryDirectory(prefix="q3tts-eval-") as out:
+        rows = evaluate_model(tts, tts.kind, items, Scorers(speaker_backend=backend), **options)
+        paths = write_report(Path(out), rows, [NATURALNESS_NOTE])
+        plot = None
+        if "png" in paths:
+            import matplotlib.pyplot as plt
+
+            plot = (plt.imread(paths["png"])[..., :3] * 255).astype(np.uint8)
+        report = paths["markdown"].read_text(encoding="utf-8").replace("![distributions](distributions.png)", "")
+    return plot, report
+
+
+# ----------------------------------------------------------------------------------------------
 # The voice library
 # ----------------------------------------------------------------------------------------------
 
@@ -208,8 +260,9 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
             kw["seed"] = int(seed)
         return kw
 
-    def speak(kind: str, settings: tuple, keep: Optional[list] = None, note: str = "", **call):
-        """Stream one utterance: yields (stream chunk, full audio, stats) updates."""
+    def speak(kind: str, settings: tuple, keep: Optional[list] = None, note: str = "", after=None, **call):
+        """Stream one utterance: yields (stream chunk, full audio, stats) updates; `after(tts, wav, sr)`
+        adds a line of measurements to the stats (run while the model is still in use)."""
         *sampling, chunk_frames = settings
         t0, loaded = time.perf_counter(), (info(kind) or {}).get("loaded")
         if not loaded:
@@ -227,6 +280,8 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 if STREAMING:
                     yield _wav_bytes(chunk, sr), gr.skip(), f"Generating ... {job.audio_seconds:.1f} s of audio"
             wall = time.perf_counter() - t1
+            if after is not None and parts:
+                note = " · ".join(n for n in (note, after(tts, np.concatenate(parts), sr)) if n)
         if not parts:
             raise gr.Error("the model produced no audio; try again or raise max new tokens")
         wav = np.concatenate(parts)
@@ -320,14 +375,16 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                     if voice and voice != NO_VOICE:
                         prompt = library("prompt", voice)
                         yield from speak("base", settings, text=text, language=language, voice_clone_prompt=prompt,
-                                         note=f"saved voice '{voice}'")  # fmt: skip
+                                         note=f"saved voice '{voice}'",
+                                         after=lambda tts, wav, sr: _clone_measures(tts, wav, sr, None, text))  # fmt: skip
                         return
                     if not ref:
                         raise gr.Error("upload or record a reference clip, or choose a saved voice")
                     ref_text = (ref_text or "").strip() or None
-                    yield from speak("base", settings, text=text, language=language,
-                                     ref_audio=uploaded_audio(request, ref), ref_text=ref_text,
-                                     x_vector_only_mode=bool(xvec))  # fmt: skip
+                    ref_audio = uploaded_audio(request, ref)
+                    yield from speak("base", settings, text=text, language=language, ref_audio=ref_audio,
+                                     ref_text=ref_text, x_vector_only_mode=bool(xvec),
+                                     after=lambda tts, wav, sr: _clone_measures(tts, wav, sr, ref_audio, text))  # fmt: skip
 
                 vc_inputs = [vc_voice, vc_ref, vc_ref_text, vc_xvec, vc_lang, vc_text, *settings]
                 runs.append(vc_run.click(run_clone, vc_inputs, vc_out))
@@ -387,6 +444,29 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                 lib_msg = gr.Markdown()
 
             # -- Models ------------------------------------------------------------------------------
+            # -- Evaluate ----------------------------------------------------------------------------
+            with gr.Tab("Evaluate", id="evaluate"):
+                gr.Markdown("Score the active model of a kind on a small test list (JSONL: `text`, `language`, "
+                            "`speaker` / `instruct`; see `q3tts eval`): WER, pace, stability; the plots below.")  # fmt: skip
+                with gr.Row():
+                    ev_kind = gr.Dropdown([(v, k) for k, v in KINDS.items() if k != "base"], value="custom_voice",
+                                          label="Model kind", elem_id="eval-kind")  # fmt: skip
+                    ev_list = gr.File(label="Test list (.jsonl, at most 20 items)", file_types=[".jsonl"],
+                                      elem_id="eval-list")  # fmt: skip
+                ev_run = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
+                ev_plot = gr.Image(label="Distributions", type="numpy", interactive=False, elem_id="eval-plot")
+                ev_report = gr.Markdown(elem_id="eval-report")
+
+                @_guarded
+                def run_eval(request: gr.Request, kind, test_list, *settings):
+                    if not test_list:
+                        raise gr.Error("upload a test list (.jsonl)")
+                    path = test_list if isinstance(test_list, str) else test_list.name
+                    with models.use(kind) as (tts, _):
+                        return _evaluate(tts, path, gen_kwargs(*settings[:-1]))
+
+                ev_run.click(run_eval, [ev_kind, ev_list, *settings], [ev_plot, ev_report])
+
             with gr.Tab("Models", id="models"):
                 gr.Markdown("**Switch** makes a model the active one of its kind (the tabs use it) and unloads the "
                             "model it replaces; **Load** and **Unload** only load or free a model.")  # fmt: skip

@@ -193,6 +193,10 @@ class TrainConfig:
     hf_token: Optional[str] = None  # hub token (default: HF_TOKEN / the saved login)
     stop_at_step: int = 0  # stop after this step as if interrupted (resume continues the run)
     resume: Optional[str] = None  # a checkpoint folder, or "latest" in output_dir
+    # speech metrics at each validation (train/speech_eval.py, the `eval` extra)
+    eval_generate: int = 0  # held-out items spoken and scored (speaker similarity, WER); 0: off
+    eval_asr: str = "pocketsphinx"  # ASR back-end for the WER (pocketsphinx: offline, English)
+    metric_for_best: str = "loss"  # loss | wer | speaker_similarity (the last two need eval_generate)
 
     def validate(self) -> "TrainConfig":
         if not self.model:

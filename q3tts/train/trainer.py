@@ -22,7 +22,7 @@ import torch
 
 from ..console import Status, note, one_line
 from ..errors import Q3TTSError
-from . import require
+from . import require, speech_eval
 from . import state as ckpt
 from .config import Resolved, TrainConfig
 from .data import BatchPlan, PreparedSet, eval_batches
@@ -116,6 +116,8 @@ class Trainer:
         optimizer, self.scheduler = self.build_optimizer(module)
         self.model, self.optimizer = self.acc.prepare(module, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        speech_eval.check_settings(tc)
+        self._speech_eval = None
         self.state = dict(step=0, best_val=None, best_step=None, window=[0.0] * 4, window_steps=0, nonfinite=0,
                           skipped=0)  # fmt: skip
         self.compute_dtype: Optional[str] = None  # what the first step ran in (TrainModule.compute)
@@ -342,11 +344,15 @@ class Trainer:
         result = self.evaluate()
         if result is None:
             return
+        result.update(self.speech_metrics())
         st = self.state
         record = {"step": st["step"], "epoch": round(st["step"] / self.plan.steps_per_epoch, 4), **result}
-        best = math.isfinite(result["loss"]) and (st["best_val"] is None or result["loss"] < st["best_val"])
+        metric = self.tc.metric_for_best
+        value = result.get(metric)
+        finite = value is not None and math.isfinite(value)  # a NaN loss is never the best
+        best = finite and speech_eval.better(metric, value, st["best_val"])
         if best:
-            st["best_val"], st["best_step"] = result["loss"], st["step"]
+            st["best_val"], st["best_step"] = result[metric], st["step"]
         record["best"] = best
         if self.acc.is_main_process:
             append_jsonl(self.out / VAL_LOG, record)
@@ -354,6 +360,15 @@ class Trainer:
                 export_model(self.module, self.source, self.out / "best", self.tc.export_dtype, self.export_state())
         self.acc.log({f"validation/{k}": v for k, v in result.items()}, step=st["step"])
         self.acc.wait_for_everyone()
+
+    def speech_metrics(self) -> dict:
+        """Speaker similarity and WER of a few held-out items spoken now (speech_eval.py); {} when off."""
+        if not self.tc.eval_generate or not self.acc.is_main_process:
+            return {}
+        if self._speech_eval is None:
+            self._speech_eval = speech_eval.SpeechEval(self.tc.eval_asr)
+        return self._speech_eval(self.module, self.source, self.out, self.val_set[: self.tc.eval_generate],
+                                 self.tc.speaker_name, self.tc.export_dtype)  # fmt: skip
 
     def save(self) -> Path:
         final = ckpt.checkpoint_dir(self.out, self.state["step"])

@@ -64,6 +64,19 @@ FLAGS = [  # (flag, settings field, type, help)
     ("--header-timeout", "header_timeout", float, "seconds a client has to send a request head (default 10)"),
     ("--keep-alive-timeout", "keep_alive_timeout", int, "seconds an idle connection stays open (default 5)"),
     ("--max-connections", "max_connections", int, "open connections before 503 (default 1024)"),
+    # issue 14: the shared voice store, consent, Ray Serve
+    (
+        "--voice-store",
+        "voice_store",
+        str,
+        "where saved voices live: postgresql://user@host/db (shared by replicas) or a folder (default: --voices-dir)",
+    ),
+    ("--voice-store-timeout", "voice_store_timeout", float, "seconds a voice call waits for the database (default 5)"),
+    ("--replicas", "replicas", int, "with --ray: replicas (default 1; the minimum when autoscaling)"),
+    ("--max-replicas", "max_replicas", int, "with --ray: autoscale up to this many replicas on ongoing requests"),
+    ("--target-ongoing-requests", "target_ongoing_requests", float, "with --ray: autoscaling target per replica (4)"),
+    ("--replica-cpus", "replica_cpus", float, "with --ray: CPUs reserved per replica (default 1)"),
+    ("--replica-gpus", "replica_gpus", float, "with --ray: GPUs per replica (default 0; 0.5 = two per GPU)"),
 ]
 REPEATED = ("api_keys", "ui_models", "allowed_hosts", "allowed_origins")
 
@@ -75,13 +88,16 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text, **extra)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up")
     parser.add_argument("--no-ui", dest="ui", action="store_false", default=None, help="no web UI at /ui")
+    parser.add_argument("--require-consent", dest="require_consent", action="store_true", default=None,
+                        help="saving a cloned voice needs `consent` and `consent_by` (stored with the voice)")  # fmt: skip
+    parser.add_argument("--ray", action="store_true", help="serve on Ray Serve (the `ray` extra): --replicas N")
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     given = {field: getattr(args, field) for _, field, _, _ in FLAGS if getattr(args, field, None) is not None}
-    for flag in ("warmup", "ui"):
+    for flag in ("warmup", "ui", "require_consent"):
         if getattr(args, flag, None) is not None:
             given[flag] = getattr(args, flag)
     return Settings(**given)
@@ -102,6 +118,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"q3tts serve: error: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "ray", False):
+        from .ray import run_ray
+
+        return run_ray(settings, log_level=args.log_level)
     holder: dict = {}
 
     def stop() -> None:  # the model did not load: exit instead of serving 503s forever

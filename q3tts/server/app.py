@@ -25,7 +25,7 @@ from .routes import ops, v1
 from .security import GuardMiddleware, HostPolicy, install_log_redaction, key_matches
 from .settings import Settings
 from .speech import SpeechService
-from .voices import VoiceLibrary
+from .voicestore import open_voice_store
 
 log = logging.getLogger("q3tts.server")
 
@@ -51,12 +51,15 @@ def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = No
                 await asyncio.to_thread(app.state.models.close)
             if app.state.scheduler is not None:
                 await asyncio.to_thread(app.state.scheduler.close)
+            if app.state.voice_library is not None:
+                await asyncio.to_thread(app.state.voice_library.close)
 
     app = FastAPI(title="q3tts", summary="Qwen3-TTS speech server (OpenAI-compatible)", lifespan=lifespan)
     app.state.settings = settings
     app.state.service = None  # set once loaded and warmed up
     app.state.scheduler = None
     app.state.load_error = None
+    app.state.voice_library = None  # the voice store (voicestore.py), opened with the UI or the model
     app.state.started = time.time()
     app.state.metrics = Metrics(lambda: app.state.scheduler.stats() if app.state.scheduler else None)
     install_handlers(app)
@@ -94,7 +97,7 @@ def _mount_ui(app: FastAPI, settings: Settings, tts: Optional[Qwen3TTS]):
         # With API keys set, the UI asks for one too (as the password; any user name).
         auth = (lambda _user, password: key_matches(keys, password)) if keys else None
         # The UI writes voices through the same crash-safe, indexed library the API serves.
-        app.state.voice_library = VoiceLibrary(settings.voices_dir)
+        app.state.voice_library = open_voice_store_of(settings)
         mount_ui(app, models, app.state.voice_library, auth=auth)
     except Exception as e:  # the API must come up even if the UI cannot
         log.warning("web UI off: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -108,7 +111,9 @@ async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> N
             log.info("loading %s", settings.model)
             tts = await asyncio.to_thread(Qwen3TTS.from_pretrained, settings.model, device=settings.device,
                                           dtype=settings.dtype, quantize=settings.quantize)  # fmt: skip
-        voices = getattr(app.state, "voice_library", None) or await asyncio.to_thread(VoiceLibrary, settings.voices_dir)
+        if app.state.voice_library is None:
+            app.state.voice_library = await asyncio.to_thread(open_voice_store_of, settings)
+        voices = app.state.voice_library
         if scheduler is None:
             scheduler = SpeechScheduler(tts, max_batch=settings.max_batch, max_queue=settings.max_queue)
         app.state.scheduler = scheduler.start()
@@ -127,6 +132,11 @@ async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> N
         log.debug("traceback", exc_info=e)
         if on_fatal is not None:
             on_fatal()
+
+
+def open_voice_store_of(settings: Settings):
+    return open_voice_store(settings.voice_store_spec, require_consent=settings.require_consent,
+                            timeout=settings.voice_store_timeout)  # fmt: skip
 
 
 def _warm_up(service: SpeechService) -> None:

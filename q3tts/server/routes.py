@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Optional
 
@@ -54,7 +55,7 @@ async def create_speech(body: SpeechRequest, svc: SpeechService = Depends(servic
 
 @v1.get("/audio/voices", response_model=VoiceList)
 async def list_voices(svc: SpeechService = Depends(service)):
-    return svc.list_voices()
+    return await asyncio.to_thread(svc.list_voices)  # the store may wait on its database
 
 
 @v1.post("/audio/voices", status_code=201, response_model=VoiceCreated, responses=errors(400, 403, 409, 413))
@@ -64,20 +65,23 @@ async def create_voice(
     audio: Annotated[Optional[UploadFile], File(description="another name for audio_sample")] = None,
     ref_text: Annotated[Optional[str], Form(description="its transcript: in-context cloning")] = None,
     x_vector_only_mode: Annotated[bool, Form(description="clone the timbre only")] = False,
+    consent: Annotated[Optional[str], Form(description="the speaker's consent statement (--require-consent)")] = None,
+    consent_by: Annotated[Optional[str], Form(description="who gave the consent")] = None,
     svc: SpeechService = Depends(service),
 ):
-    """multipart/form-data: name, audio_sample (or audio) file, optional ref_text and x_vector_only_mode."""
+    """multipart/form-data: name, audio_sample (or audio) file, optional ref_text, x_vector_only_mode,
+    consent and consent_by (required when the server runs with --require-consent)."""
     upload = audio_sample or audio
     if upload is None:
         raise APIError(400, "send multipart/form-data with `name` and an `audio_sample` file", "missing_field")
     data = await upload.read(svc.settings.max_upload_bytes + 1)
-    voice = await svc.create_voice(name, data, ref_text, x_vector_only_mode)
+    voice = await svc.create_voice(name, data, ref_text, x_vector_only_mode, consent, consent_by)
     return {"success": True, "voice": voice}
 
 
 @v1.delete("/audio/voices/{name}", response_model=VoiceDeleted, responses=errors(403, 404))
 async def delete_voice(name: str, svc: SpeechService = Depends(service)):
-    return svc.delete_voice(name)
+    return await asyncio.to_thread(svc.delete_voice, name)
 
 
 @v1.get("/models", response_model=ModelList)

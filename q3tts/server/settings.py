@@ -59,6 +59,21 @@ class Settings(BaseSettings):
     header_timeout: float = Field(10.0, gt=0)  # seconds to send a whole request head (slow clients are cut)
     keep_alive_timeout: int = Field(5, ge=1)  # seconds an idle keep-alive connection stays open
     max_connections: int = Field(1024, ge=1)  # open connections before new requests get 503
+    # -- replicas (issue 14): the shared voice store, consent, Ray Serve -------------------------
+    # Where saved voices live: a PostgreSQL URL (postgresql://user:pass@host/db, shared by replicas
+    # on many machines) or a folder; unset: `voices_dir`. Keep a password out of the process list
+    # with Q3TTS_VOICE_STORE or libpq's PGPASSWORD / ~/.pgpass.
+    voice_store: Optional[str] = None
+    voice_store_timeout: float = Field(5.0, gt=0, le=120)  # seconds a voice call waits for the database (then 503)
+    # POST /v1/audio/voices needs `consent` (the statement) and `consent_by` (who gave it); both are
+    # stored with the voice, with the time, and shown by GET /v1/audio/voices.
+    require_consent: bool = False
+    # Ray Serve (`q3tts serve --ray`, q3tts/server/ray.py): replicas of this app, each with its own model.
+    replicas: int = Field(1, ge=1)  # replicas at start (and the minimum when autoscaling)
+    max_replicas: Optional[int] = Field(None, ge=1)  # above `replicas`: autoscale on ongoing requests
+    target_ongoing_requests: float = Field(4.0, gt=0)  # per replica, the autoscaler's target
+    replica_cpus: float = Field(1.0, ge=0)  # Ray resources reserved per replica
+    replica_gpus: float = Field(0.0, ge=0)  # e.g. 1 (a GPU each) or 0.5 (two replicas per GPU)
 
     @field_validator("api_keys", "ui_models", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
@@ -83,3 +98,8 @@ class Settings(BaseSettings):
     @property
     def model_id(self) -> str:
         return self.served_model_name or self.model
+
+    @property
+    def voice_store_spec(self) -> str | Path:
+        """The voice store to open: `voice_store` if set, else the `voices_dir` folder."""
+        return self.voice_store or self.voices_dir

@@ -68,10 +68,7 @@ class VoiceClonePromptItem:
     icl_mode: bool
     ref_text: Optional[str] = None
 
-    def save(self, path: str | Path) -> None:
-        """Write a `.safetensors` voice file (tensors + metadata), atomically."""
-        from safetensors.torch import save_file
-
+    def _tensors_and_metadata(self) -> tuple[dict, dict]:
         tensors = {"ref_spk_embedding": self.ref_spk_embedding.detach().float().cpu().contiguous()}
         if self.ref_code is not None:
             tensors["ref_code"] = self.ref_code.detach().long().cpu().contiguous()
@@ -83,10 +80,50 @@ class VoiceClonePromptItem:
             "ref_text": json.dumps(self.ref_text),
             "hidden_size": str(self.ref_spk_embedding.shape[-1]),
         }
+        return tensors, meta
+
+    def save(self, path: str | Path) -> None:
+        """Write a `.safetensors` voice file (tensors + metadata), atomically."""
+        from safetensors.torch import save_file
+
+        tensors, meta = self._tensors_and_metadata()
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(path)
+
+    def to_bytes(self) -> bytes:
+        """The voice file's bytes (what `save` writes), for stores that are not folders."""
+        from safetensors.torch import save
+
+        tensors, meta = self._tensors_and_metadata()
+        return save(tensors, metadata=meta)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, origin: str = "voice prompt") -> "VoiceClonePromptItem":
+        """A voice from a voice file's bytes (`to_bytes`); `origin` names it in errors."""
+        from safetensors.torch import load
+
+        try:
+            header_size = int.from_bytes(data[:8], "little")  # safetensors: u64 header size, JSON header
+            meta = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+            return cls._parse(meta, load(data), origin)
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"{origin}: not a readable voice prompt ({str(e).splitlines()[0]})") from None
+
+    @classmethod
+    def _parse(cls, meta: dict, tensors: dict, origin: str) -> "VoiceClonePromptItem":
+        if meta.get("format") != VOICE_FORMAT:
+            raise InputError(f"{origin}: not a q3tts voice prompt file")
+        return cls(
+            ref_code=tensors.get("ref_code"),
+            ref_spk_embedding=tensors["ref_spk_embedding"],
+            x_vector_only_mode=json.loads(meta["x_vector_only_mode"]),
+            icl_mode=json.loads(meta["icl_mode"]),
+            ref_text=json.loads(meta["ref_text"]),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> "VoiceClonePromptItem":
@@ -98,13 +135,7 @@ class VoiceClonePromptItem:
                 if meta.get("format") != VOICE_FORMAT:
                     raise InputError(f"{path}: not a q3tts voice prompt file")
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iteration
-            return cls(
-                ref_code=tensors.get("ref_code"),
-                ref_spk_embedding=tensors["ref_spk_embedding"],
-                x_vector_only_mode=json.loads(meta["x_vector_only_mode"]),
-                icl_mode=json.loads(meta["icl_mode"]),
-                ref_text=json.loads(meta["ref_text"]),
-            )
+            return cls._parse(meta, tensors, str(path))
         except InputError:
             raise
         except FileNotFoundError:

@@ -87,6 +87,19 @@ FLAGS = [  # (flag, settings field, type, help)
         float,
         "seconds an unused reference upload stays on disk (default 600)",
     ),
+    # issue 14: the shared voice store, consent, Ray Serve
+    (
+        "--voice-store",
+        "voice_store",
+        str,
+        "where saved voices live: postgresql://user@host/db (shared by replicas) or a folder (default: --voices-dir)",
+    ),
+    ("--voice-store-timeout", "voice_store_timeout", float, "seconds a voice call waits for the database (default 5)"),
+    ("--replicas", "replicas", int, "with --ray: replicas (default 1; the minimum when autoscaling)"),
+    ("--max-replicas", "max_replicas", int, "with --ray: autoscale up to this many replicas on ongoing requests"),
+    ("--target-ongoing-requests", "target_ongoing_requests", float, "with --ray: autoscaling target per replica (4)"),
+    ("--replica-cpus", "replica_cpus", float, "with --ray: CPUs reserved per replica (default 1)"),
+    ("--replica-gpus", "replica_gpus", float, "with --ray: GPUs per replica (default 0; 0.5 = two per GPU)"),
 ]
 REPEATED = ("api_keys", "ui_models", "allowed_hosts", "allowed_origins", "model", "ref_audio_url_hosts")
 
@@ -98,6 +111,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text, **extra)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up")
     parser.add_argument("--no-ui", dest="ui", action="store_false", default=None, help="no web UI at /ui")
+    parser.add_argument("--require-consent", dest="require_consent", action="store_true", default=None,
+                        help="saving a cloned voice needs `consent` and `consent_by` (stored with the voice)")  # fmt: skip
+    parser.add_argument("--ray", action="store_true", help="serve on Ray Serve (the `ray` extra): --replicas N")
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return parser
 
@@ -109,7 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         given["model"] = specs[0]
     elif specs:
         given["models"] = specs
-    for flag in ("warmup", "ui"):
+    for flag in ("warmup", "ui", "require_consent"):
         if getattr(args, flag, None) is not None:
             given[flag] = getattr(args, flag)
     return Settings(**given)
@@ -130,6 +146,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"q3tts serve: error: {problems}", file=sys.stderr)
         return 2
     configure_logging(args.log_level, settings.log_format)
+    if getattr(args, "ray", False):
+        from .ray import run_ray
+
+        return run_ray(settings, log_level=args.log_level)
     holder: dict = {}
 
     def stop() -> None:  # the model did not load: exit instead of serving 503s forever

@@ -33,7 +33,7 @@ from .routing import ModelRouter
 from .security import GuardMiddleware, HostPolicy, install_log_redaction, key_matches
 from .settings import Settings
 from .speech import SpeechService
-from .voices import VoiceLibrary
+from .voicestore import open_voice_store
 
 log = logging.getLogger("q3tts.server")
 
@@ -59,12 +59,15 @@ def create_app(settings: Optional[Settings] = None, tts: Optional[Qwen3TTS] = No
                 await asyncio.to_thread(app.state.models.close)
             if app.state.scheduler is not None:  # a given (pinned) model's: the manager leaves it
                 await asyncio.to_thread(app.state.scheduler.close)
+            if app.state.voice_library is not None:
+                await asyncio.to_thread(app.state.voice_library.close)
 
     app = FastAPI(title="q3tts", summary="Qwen3-TTS speech server (OpenAI-compatible)", lifespan=lifespan)
     app.state.settings = settings
     app.state.router = None  # set once the default model is loaded and warmed up
     app.state.scheduler = None
     app.state.load_error = None
+    app.state.voice_library = None  # the voice store (voicestore.py), opened with the UI or the model
     app.state.started = time.time()
     app.state.ops = OpsState()
     app.state.models = _model_manager(app, settings, given=tts is not None)
@@ -118,7 +121,7 @@ def _mount_ui(app: FastAPI, settings: Settings, models: ModelManager) -> bool:
         # With API keys set, the UI asks for one too (as the password; any user name).
         auth = (lambda _user, password: key_matches(keys, password)) if keys else None
         # The UI writes voices through the same crash-safe, indexed library the API serves.
-        app.state.voice_library = VoiceLibrary(settings.voices_dir)
+        app.state.voice_library = open_voice_store_of(settings)
         mount_ui(app, models, app.state.voice_library, auth=auth, upload_max_age=settings.ui_upload_max_age)
     except Exception as e:  # the API must come up even if the UI cannot
         log.warning("web UI off: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -140,7 +143,9 @@ async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> N
                                                       max_queue=settings.max_queue)).start()  # fmt: skip
             models.adopt(default, tts, scheduler)
         app.state.scheduler = scheduler
-        voices = getattr(app.state, "voice_library", None) or await asyncio.to_thread(VoiceLibrary, settings.voices_dir)
+        if app.state.voice_library is None:
+            app.state.voice_library = await asyncio.to_thread(open_voice_store_of, settings)
+        voices = app.state.voice_library
         router = ModelRouter(settings, models, voices, app.state.metrics, default)
         service = SpeechService(settings, tts, scheduler, voices, app.state.metrics, name=default)
         if settings.warmup:
@@ -157,6 +162,11 @@ async def _load(app: FastAPI, settings: Settings, tts, scheduler, on_fatal) -> N
         log.debug("traceback", exc_info=e)
         if on_fatal is not None:
             on_fatal()
+
+
+def open_voice_store_of(settings: Settings):
+    return open_voice_store(settings.voice_store_spec, require_consent=settings.require_consent,
+                            timeout=settings.voice_store_timeout)  # fmt: skip
 
 
 def _warm_up(service: SpeechService) -> None:

@@ -14,6 +14,7 @@ from ..audio import AudioError
 from ..errors import Q3TTSError
 from ..serving import QueueFull, SchedulerClosed
 from .metrics import BodyTooLarge
+from .voices import ConsentRequired, VoiceStoreUnavailable
 
 log = logging.getLogger("q3tts.server")
 
@@ -49,6 +50,11 @@ def as_api_error(e: Exception) -> APIError:
         return APIError(503, str(e), "shutting_down")
     if isinstance(e, BodyTooLarge):
         return APIError(413, str(e), "body_too_large")
+    if isinstance(e, VoiceStoreUnavailable):  # saved voices are down; built-in voices still serve
+        return APIError(503, f"{e}; saved voices are unavailable (built-in voices still work)",
+                        "voice_store_unavailable")  # fmt: skip
+    if isinstance(e, ConsentRequired):
+        return APIError(400, str(e), "consent_required", "consent")
     if isinstance(e, (Q3TTSError, AudioError)):  # every other user-facing error of the library is the client's mistake
         return APIError(400, str(e), "invalid_input")
     log.error("request failed", exc_info=e)
@@ -104,5 +110,6 @@ def install_handlers(app: FastAPI) -> None:
         e = as_api_error(exc)
         return error_response(e.status, e.message, e.code, e.param)
 
-    for cls in (APIError, Q3TTSError, AudioError, BodyTooLarge, QueueFull, SchedulerClosed, Exception):
+    for cls in (APIError, Q3TTSError, AudioError, BodyTooLarge, QueueFull, SchedulerClosed, VoiceStoreUnavailable,
+                ConsentRequired, Exception):  # fmt: skip
         app.add_exception_handler(cls, _known)  # Exception: a 500 in the same shape, never a traceback

@@ -110,12 +110,19 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class ConsentRecord(BaseModel):
+    by: str  # who gave the consent
+    text: str  # the statement
+    at: float  # unix time it was recorded
+
+
 class SavedVoice(BaseModel):
     name: str
     created: float  # unix time
     mode: Literal["icl", "x_vector"]
     ref_text: Optional[str] = None
     duration: Optional[float] = None  # seconds of reference audio
+    consent: Optional[ConsentRecord] = None  # the statement it was saved under (--require-consent)
 
 
 class VoiceList(BaseModel):

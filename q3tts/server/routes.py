@@ -3,6 +3,7 @@ on the model ModelRouter (routing.py) picks for each request."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Optional
 
@@ -65,7 +66,7 @@ async def create_speech(body: SpeechRequest, models: ModelRouter = Depends(route
 
 @v1.get("/audio/voices", response_model=VoiceList)
 async def list_voices(models: ModelRouter = Depends(router)):
-    return models.list_voices()
+    return await asyncio.to_thread(models.list_voices)  # the store may wait on its database
 
 
 @v1.post("/audio/voices", status_code=201, response_model=VoiceCreated, responses=errors(400, 403, 409, 413))
@@ -75,17 +76,20 @@ async def create_voice(
     audio: Annotated[Optional[UploadFile], File(description="another name for audio_sample")] = None,
     ref_text: Annotated[Optional[str], Form(description="its transcript: in-context cloning")] = None,
     x_vector_only_mode: Annotated[bool, Form(description="clone the timbre only")] = False,
+    consent: Annotated[Optional[str], Form(description="the speaker's consent statement (--require-consent)")] = None,
+    consent_by: Annotated[Optional[str], Form(description="who gave the consent")] = None,
     models: ModelRouter = Depends(router),
 ):
-    """multipart/form-data: name, audio_sample (or audio) file, optional ref_text and x_vector_only_mode.
-    The voice is made by the served Base model (loaded if needed)."""
+    """multipart/form-data: name, audio_sample (or audio) file, optional ref_text, x_vector_only_mode,
+    consent and consent_by (required when the server runs with --require-consent). The voice is made
+    by the served Base model (loaded if needed)."""
     upload = audio_sample or audio
     if upload is None:
         raise APIError(400, "send multipart/form-data with `name` and an `audio_sample` file", "missing_field")
     data = await upload.read(models.settings.max_upload_bytes + 1)
     svc = await models.open_kind("base")
     try:
-        voice = await svc.create_voice(name, data, ref_text, x_vector_only_mode)
+        voice = await svc.create_voice(name, data, ref_text, x_vector_only_mode, consent, consent_by)
     finally:
         svc.release()
     return {"success": True, "voice": voice}
@@ -93,7 +97,7 @@ async def create_voice(
 
 @v1.delete("/audio/voices/{name}", response_model=VoiceDeleted, responses=errors(403, 404))
 async def delete_voice(name: str, models: ModelRouter = Depends(router)):
-    return delete_saved_voice(models.voices, name)
+    return await asyncio.to_thread(delete_saved_voice, models.voices, name)
 
 
 @v1.get("/models", response_model=ModelList, response_model_exclude_none=True)

@@ -20,14 +20,14 @@ from .models import KINDS, ModelManager, ModelsBusy, ModelUnavailable
 from .protocol import OPENAI_MODEL_NAMES
 from .settings import Settings
 from .speech import SpeechService, list_voices
-from .voices import VoiceLibrary
+from .voices import VoiceStore
 
 log = logging.getLogger("q3tts.server")
 KIND_OF_TASK = {task: kind for kind, task in KINDS.items()}
 
 
 class ModelRouter:
-    def __init__(self, settings: Settings, models: ModelManager, voices: VoiceLibrary, metrics: Metrics, default: str):
+    def __init__(self, settings: Settings, models: ModelManager, voices: VoiceStore, metrics: Metrics, default: str):
         self.settings, self.models, self.voices, self.metrics = settings, models, voices, metrics
         self.default = default
 

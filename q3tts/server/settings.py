@@ -73,6 +73,21 @@ class Settings(BaseSettings):
     # empty, the default: URLs are refused. Q3TTS_REF_AUDIO_URL_HOSTS takes a comma-separated list.
     ref_audio_url_hosts: Annotated[list[str], NoDecode] = []
     ref_audio_url_timeout: float = Field(10.0, gt=0, le=120.0)  # seconds for one ref_audio download
+    # -- replicas (issue 14): the shared voice store, consent, Ray Serve -------------------------
+    # Where saved voices live: a PostgreSQL URL (postgresql://user:pass@host/db, shared by replicas
+    # on many machines) or a folder; unset: `voices_dir`. Keep a password out of the process list
+    # with Q3TTS_VOICE_STORE or libpq's PGPASSWORD / ~/.pgpass.
+    voice_store: Optional[str] = None
+    voice_store_timeout: float = Field(5.0, gt=0, le=120)  # seconds a voice call waits for the database (then 503)
+    # POST /v1/audio/voices needs `consent` (the statement) and `consent_by` (who gave it); both are
+    # stored with the voice, with the time, and shown by GET /v1/audio/voices.
+    require_consent: bool = False
+    # Ray Serve (`q3tts serve --ray`, q3tts/server/ray.py): replicas of this app, each with its own model.
+    replicas: int = Field(1, ge=1)  # replicas at start (and the minimum when autoscaling)
+    max_replicas: Optional[int] = Field(None, ge=1)  # above `replicas`: autoscale on ongoing requests
+    target_ongoing_requests: float = Field(4.0, gt=0)  # per replica, the autoscaler's target
+    replica_cpus: float = Field(1.0, ge=0)  # Ray resources reserved per replica
+    replica_gpus: float = Field(0.0, ge=0)  # e.g. 1 (a GPU each) or 0.5 (two replicas per GPU)
 
     # Seconds a reference clip uploaded or recorded in the web UI stays on disk unused (used clips are
     # deleted once decoded, and every clip of a page when it is closed): ui_files.py.
@@ -120,6 +135,11 @@ class Settings(BaseSettings):
         served = parse_model_specs(self.models) if self.models else {self.served_model_name or self.model: self.model}
         extra = {k: v for k, v in parse_model_specs(self.ui_models).items() if k not in served}
         return {**served, **extra}
+
+    @property
+    def voice_store_spec(self) -> str | Path:
+        """The voice store to open: `voice_store` if set, else the `voices_dir` folder."""
+        return self.voice_store or self.voices_dir
 
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,

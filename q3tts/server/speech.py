@@ -30,7 +30,7 @@ from .errors import APIError, as_api_error, error_body
 from .metrics import Metrics
 from .protocol import TASK_OF_KIND, SpeechRequest, VoiceOptions
 from .settings import Settings
-from .voices import VoiceExists, VoiceLibrary, VoiceNotFound, check_name
+from .voices import Consent, VoiceExists, VoiceNotFound, VoiceStore, check_name
 
 log = logging.getLogger("q3tts.server")
 
@@ -39,7 +39,7 @@ class SpeechService:
     """One model's requests. The router (routing.py) makes one per request, holding a lease on the
     model that `release()` gives back once the response is sent (the model may then be unloaded)."""
 
-    def __init__(self, settings: Settings, tts: Qwen3TTS, scheduler: SpeechScheduler, voices: VoiceLibrary,
+    def __init__(self, settings: Settings, tts: Qwen3TTS, scheduler: SpeechScheduler, voices: VoiceStore,
                  metrics: Metrics, name: Optional[str] = None, release: Optional[Callable[[], None]] = None):  # fmt: skip
         self.settings, self.tts, self.scheduler, self.voices, self.metrics = settings, tts, scheduler, voices, metrics
         self.name = name or settings.model_id
@@ -102,7 +102,7 @@ class SpeechService:
         try:
             return {"voice_clone_prompt": await asyncio.to_thread(self.voices.prompt, o.voice)}
         except VoiceNotFound:
-            names = ", ".join(v.name for v in self.voices.list()) or "none yet"
+            names = ", ".join(v.name for v in await asyncio.to_thread(self.voices.list)) or "none yet"
             raise APIError(400, f"unknown voice '{o.voice}'; saved voices: {names} (upload with POST /v1/audio/voices)",
                            "voice_not_found", "voice") from None  # fmt: skip
 
@@ -252,7 +252,8 @@ class SpeechService:
     def list_voices(self) -> dict:
         return list_voices(self.voices, self.task, self.builtin_voices())
 
-    async def create_voice(self, name: str, audio: bytes, ref_text: Optional[str], x_vector_only_mode: bool) -> dict:
+    async def create_voice(self, name: str, audio: bytes, ref_text: Optional[str], x_vector_only_mode: bool,
+                           consent: Optional[str] = None, consent_by: Optional[str] = None) -> dict:  # fmt: skip
         if self.task != "Base":
             raise APIError(400, f"saving a cloned voice needs a Base checkpoint; this server runs a {self.task} model",
                            "wrong_model_kind")  # fmt: skip
@@ -260,24 +261,41 @@ class SpeechService:
             check_name(name)
         except BadVoiceName as e:
             raise APIError(400, str(e), "invalid_voice_name", "name") from None
-        if name in self.voices:
+        statement = self._consent(consent, consent_by)
+        if await asyncio.to_thread(self.voices.__contains__, name):
             raise APIError(409, f"a voice named '{name}' already exists; delete it first", "voice_exists", "name")
         wav = await asyncio.to_thread(self.reference_audio, audio)
         ref_text = (ref_text or "").strip() or None
         items = await asyncio.to_thread(releasing_workers(self.tts.create_voice_clone_prompt), (wav, SAMPLE_RATE), ref_text,
                                         x_vector_only_mode or ref_text is None)  # fmt: skip
         try:
-            voice = await asyncio.to_thread(self.voices.add, name, items[0], len(wav) / SAMPLE_RATE)
+            voice = await asyncio.to_thread(self.voices.add, name, items[0], len(wav) / SAMPLE_RATE, statement)
         except VoiceExists:
             raise APIError(409, f"a voice named '{name}' already exists; delete it first", "voice_exists",
                            "name") from None  # fmt: skip
         return voice.public()
 
+    def _consent(self, text: Optional[str], by: Optional[str]) -> Optional[Consent]:
+        """The consent statement of an upload (who, text, now); required with --require-consent."""
+        text, by = (text or "").strip(), (by or "").strip()
+        if self.settings.require_consent and not (text and by):
+            missing = " and ".join(f for f, v in (("consent", text), ("consent_by", by)) if not v)
+            raise APIError(400, f"this server saves cloned voices only with the speaker's consent: send {missing} "
+                           "(the statement, and who gave it)", "consent_required", "consent")  # fmt: skip
+        if bool(text) != bool(by):
+            raise APIError(400, "send both consent (the statement) and consent_by (who gave it), or neither",
+                           "incomplete_consent", "consent")  # fmt: skip
+        for field, value in (("consent", text), ("consent_by", by)):
+            if len(value) > 2000:
+                raise APIError(400, f"{field} is {len(value)} characters; at most 2000 are allowed", "consent_too_long",
+                               field)  # fmt: skip
+        return Consent(by, text, time.time()) if text else None
+
     def delete_voice(self, name: str) -> dict:
         return delete_saved_voice(self.voices, name)
 
 
-def delete_saved_voice(voices: VoiceLibrary, name: str) -> dict:
+def delete_saved_voice(voices: VoiceStore, name: str) -> dict:
     """DELETE /v1/audio/voices/{name}: no model is needed."""
     try:
         voices.delete(name)
@@ -286,7 +304,7 @@ def delete_saved_voice(voices: VoiceLibrary, name: str) -> dict:
     return {"id": name, "object": "voice", "deleted": True}
 
 
-def list_voices(voices: VoiceLibrary, task: str, builtin: list[str]) -> dict:
+def list_voices(voices: VoiceStore, task: str, builtin: list[str]) -> dict:
     """GET /v1/audio/voices for a model of `task` with these built-in speakers."""
     saved = [v.public() for v in voices.list()]
     usable = list(builtin) if task == "CustomVoice" else [v["name"] for v in saved]

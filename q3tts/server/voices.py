@@ -1,7 +1,10 @@
-"""Saved voices: a folder of `<name>.safetensors` voice prompts with a SQLite index of their details.
+"""Saved voices: the voice-store interface, and its folder back-end (the PostgreSQL one, for replicas
+on several machines, is voices_postgres.py; voicestore.py picks one from a setting).
+
+The folder back-end: a folder of `<name>.safetensors` voice prompts with a SQLite index of their details.
 
 The folder is the one `q3tts voices` and the web UI use: a voice exists when its file does. The
-index (voices.db: name, created, mode, ref_text, duration, file) is kept in step with the folder:
+index (voices.db: name, created, mode, ref_text, duration, file; consents) is kept in step with the folder:
 rows whose file is gone are dropped, and files saved by other tools are adopted, reading their
 details from the file header.
 
@@ -19,7 +22,14 @@ instead of reading under a shared lock and failing at once with "database is loc
 readers both try to write (SQLite cannot wait there: one of them must roll back). A lock still
 held past the timeout is retried, so a request waits rather than fails. The journal stays in
 the default rollback mode: WAL needs shared memory, which network file systems do not give.
-For many replicas, the answer is the PostgreSQL store of the scale-out issue, not this folder.
+For replicas on several machines, use the PostgreSQL store (voices_postgres.py), not this folder.
+
+Deleting a voice removes its file and its row (with `secure_delete`, SQLite zeroes the freed
+pages, so the transcript does not linger in voices.db). Prompts are not cached in memory: a voice
+deleted through another process must not live on in this one (reading one is well under a
+millisecond for a 60 s voice's ~100 KB file).
+A folder that is gone (an unmounted disk) or whose index cannot be opened makes every call raise
+VoiceStoreUnavailable (503 on the voice routes); the folder is not re-created behind the mount's back.
 """
 
 from __future__ import annotations
@@ -34,8 +44,9 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
+from ..errors import InputError
 from ..voices import VOICE_NAME as NAME_PATTERN
 from ..voices import VOICE_SUFFIX as SUFFIX
 from ..voices import VoiceClonePromptItem, check_voice_name, read_voice_header
@@ -44,11 +55,17 @@ TEMP_PREFIX = ".upload-"  # .upload-<pid>@<host>@<random>.safetensors: whose upl
 STALE_TEMP_SECONDS = 3600  # a temporary file of another machine (or unnamed) is abandoned after this
 DB_NAME = "voices.db"
 COLUMNS = "name, created, mode, ref_text, duration, file"
+# A voice with its consent statement, if any (the `consents` table of the consent option).
+DETAILS = ("SELECT v.name, v.created, v.mode, v.ref_text, v.duration, v.file, c.given_by, c.statement, c.given_at "
+           "FROM voices v LEFT JOIN consents c ON c.name = v.name")  # fmt: skip
 BUSY_TIMEOUT = 10.0  # seconds SQLite waits for another process's lock, per attempt
 ATTEMPTS = 6  # then the whole transaction is retried, up to this many times
 SCHEMA = """CREATE TABLE IF NOT EXISTS voices (
     name TEXT PRIMARY KEY, created REAL NOT NULL, mode TEXT NOT NULL,
     ref_text TEXT, duration REAL, file TEXT NOT NULL)"""
+# Its own table, so the `voices` table (and every tool that writes it) stays as it was.
+CONSENT_SCHEMA = """CREATE TABLE IF NOT EXISTS consents (
+    name TEXT PRIMARY KEY, given_by TEXT NOT NULL, statement TEXT NOT NULL, given_at REAL NOT NULL)"""
 
 
 class VoiceExists(Exception):
@@ -59,6 +76,23 @@ class VoiceNotFound(KeyError):
     pass
 
 
+class VoiceStoreUnavailable(Exception):
+    """The store cannot be reached (database down, folder gone): the voice routes answer 503."""
+
+
+class ConsentRequired(Exception):
+    """The store was opened with require_consent and a voice came without a consent statement."""
+
+
+@dataclass(frozen=True)
+class Consent:
+    """The statement under which a cloned voice was saved: who gave it, what it says, when (unix time)."""
+
+    by: str
+    text: str
+    at: float
+
+
 @dataclass
 class Voice:
     name: str
@@ -66,12 +100,43 @@ class Voice:
     mode: str  # "icl" (reference codes + transcript) or "x_vector"
     ref_text: Optional[str]
     duration: Optional[float]  # seconds of reference audio (unknown for adopted x-vector voices)
-    file: str
+    file: str  # the folder back-end's file name ("" in PostgreSQL)
+    consent: Optional[Consent] = None
+
+    @classmethod
+    def from_row(cls, row: tuple) -> "Voice":
+        """(name, created, mode, ref_text, duration, file, consent_by, consent_text, consent_at)"""
+        *fields, by, text, at = row
+        return cls(*fields, consent=Consent(by, text, at) if by is not None else None)
+
+    def row(self) -> tuple:
+        """The folder index's `voices` row (COLUMNS)."""
+        return self.name, self.created, self.mode, self.ref_text, self.duration, self.file
 
     def public(self) -> dict:
         d = asdict(self)
         d.pop("file")
         return d
+
+
+class VoiceStore(Protocol):
+    """What the server and the UI need of a voice store (folder: VoiceLibrary; PostgreSQL:
+    PostgresVoiceStore). Every method may raise VoiceStoreUnavailable."""
+
+    def list(self) -> list[Voice]: ...
+    def get(self, name: str) -> Voice: ...  # VoiceNotFound
+    def __contains__(self, name: str) -> bool: ...
+    def prompt(self, name: str) -> VoiceClonePromptItem: ...  # VoiceNotFound
+    def add(self, name: str, item: VoiceClonePromptItem, duration: float,
+            consent: Optional[Consent] = None) -> Voice: ...  # VoiceExists, ConsentRequired  # fmt: skip
+    def delete(self, name: str) -> None: ...  # VoiceNotFound: every trace of the voice is gone
+    def close(self) -> None: ...
+
+
+def check_consent(require: bool, name: str, consent: Optional[Consent]) -> None:
+    if require and (consent is None or not consent.by.strip() or not consent.text.strip()):
+        raise ConsentRequired(f"voice '{name}': this server saves cloned voices only with a consent statement "
+                              "(who gave it, and its text)")  # fmt: skip
 
 
 check_name = check_voice_name  # the one name rule (q3tts/voices.py)
@@ -114,21 +179,29 @@ def _fsync_dir(path: Path) -> None:
 
 
 class VoiceLibrary:
-    def __init__(self, folder: str | Path):
+    """The folder back-end of VoiceStore."""
+
+    def __init__(self, folder: str | Path, require_consent: bool = False):
         self.folder = Path(folder).expanduser()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.db_path = self.folder / DB_NAME
+        self.require_consent = require_consent
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, int], VoiceClonePromptItem] = {}
         with self._db(write=True) as db:
             db.execute(SCHEMA)
+            db.execute(CONSENT_SCHEMA)
         for path in self.folder.iterdir():  # what a crash mid-upload leaves (ours, and save()'s own temp)
             if path.name.startswith((TEMP_PREFIX, "." + TEMP_PREFIX)) and path.is_file() and _abandoned(path):
                 path.unlink(missing_ok=True)
         self.sync()
 
     def _db(self, write: bool = False) -> "_Transaction":
+        if not self.folder.is_dir():
+            raise VoiceStoreUnavailable(f"the voice folder {self.folder} is gone (an unmounted disk?)")
         return _Transaction(self.db_path, write)
+
+    def close(self) -> None:
+        pass  # every call opens and closes its own connection
 
     def sync(self) -> None:
         """Drop rows whose file is gone; adopt voice files that have no row."""
@@ -137,23 +210,23 @@ class VoiceLibrary:
             for name, file in rows.items():
                 if not (self.folder / file).is_file():
                     db.execute("DELETE FROM voices WHERE name = ?", (name,))
+            db.execute("DELETE FROM consents WHERE name NOT IN (SELECT name FROM voices)")
             for path in self.folder.glob(f"*{SUFFIX}"):
                 name = path.name[: -len(SUFFIX)]
                 if name not in rows and NAME_PATTERN.fullmatch(name) and (voice := read_details(path)):
-                    db.execute(f"INSERT INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                               tuple(asdict(voice).values()))  # fmt: skip
+                    db.execute(f"INSERT INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", voice.row())
 
     def list(self) -> list[Voice]:
         self.sync()
         with self._db() as db:
-            return [Voice(*row) for row in db.execute(f"SELECT {COLUMNS} FROM voices ORDER BY name")]
+            return [Voice.from_row(row) for row in db.execute(f"{DETAILS} ORDER BY v.name")]
 
     def get(self, name: str) -> Voice:
         for attempt in range(2):
             with self._db() as db:
-                row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE name = ?", (name,)).fetchone()
-            if row is not None and (self.folder / row[-1]).is_file():
-                return Voice(*row)
+                row = db.execute(f"{DETAILS} WHERE v.name = ?", (name,)).fetchone()
+            if row is not None and (self.folder / row[5]).is_file():
+                return Voice.from_row(row)
             if attempt == 0:
                 self.sync()  # another tool may have added or removed it
         raise VoiceNotFound(name)
@@ -166,15 +239,17 @@ class VoiceLibrary:
             return False
 
     def prompt(self, name: str) -> VoiceClonePromptItem:
-        """The saved voice prompt (cached in memory after the first use)."""
-        path = self.folder / self.get(name).file
-        key = (name, path.stat().st_mtime_ns)  # a file replaced by another tool is read again
-        if key not in self._cache:
-            self._cache[key] = VoiceClonePromptItem.load(path)
-        return self._cache[key]
+        """The saved voice prompt, read from its file each time (see the module's docstring)."""
+        try:
+            return VoiceClonePromptItem.load(self.folder / self.get(name).file)
+        except InputError:
+            if not (self.folder / self.get(name).file).is_file():  # deleted between the two lines
+                raise VoiceNotFound(name) from None
+            raise
 
-    def add(self, name: str, item: VoiceClonePromptItem, duration: float) -> Voice:
+    def add(self, name: str, item: VoiceClonePromptItem, duration: float, consent: Optional[Consent] = None) -> Voice:
         check_name(name)
+        check_consent(self.require_consent, name, consent)
         if name in self:
             raise VoiceExists(name)
         temp = self.folder / f"{TEMP_PREFIX}{os.getpid()}@{socket.gethostname()}@{uuid.uuid4().hex}{SUFFIX}"
@@ -183,7 +258,7 @@ class VoiceLibrary:
             with open(temp, "rb+") as f:
                 os.fsync(f.fileno())
             voice = Voice(name, time.time(), "x_vector" if item.x_vector_only_mode else "icl", item.ref_text,
-                          round(float(duration), 3), name + SUFFIX)  # fmt: skip
+                          round(float(duration), 3), name + SUFFIX, consent)  # fmt: skip
             with self._lock:
                 try:  # a hard link is an atomic rename that never replaces an existing voice
                     os.link(temp, self.folder / voice.file)
@@ -191,8 +266,13 @@ class VoiceLibrary:
                     raise VoiceExists(name) from None
                 _fsync_dir(self.folder)
                 with self._db(write=True) as db:
-                    db.execute(f"INSERT OR REPLACE INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                               tuple(asdict(voice).values()))  # fmt: skip
+                    db.execute(f"INSERT OR REPLACE INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", voice.row())
+                    db.execute("DELETE FROM consents WHERE name = ?", (name,))
+                    if consent is not None:
+                        db.execute("INSERT INTO consents VALUES (?, ?, ?, ?)", (name, consent.by, consent.text,
+                                                                               consent.at))  # fmt: skip
+        except OSError as e:  # a full, read-only or vanished folder: the store cannot take voices now
+            raise VoiceStoreUnavailable(f"the voice folder {self.folder} cannot be written: {e.strerror or e}") from e
         finally:
             temp.unlink(missing_ok=True)
         return voice
@@ -202,8 +282,8 @@ class VoiceLibrary:
         with self._lock:
             with self._db(write=True) as db:
                 db.execute("DELETE FROM voices WHERE name = ?", (name,))
+                db.execute("DELETE FROM consents WHERE name = ?", (name,))
             (self.folder / voice.file).unlink(missing_ok=True)
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != name}
 
 
 class _Transaction:
@@ -215,15 +295,21 @@ class _Transaction:
 
     def __enter__(self) -> sqlite3.Connection:
         for attempt in range(ATTEMPTS):
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)  # explicit transactions
+            try:
+                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)  # explicit transactions
+            except sqlite3.OperationalError as e:
+                raise VoiceStoreUnavailable(f"the voice index {self.path} cannot be opened: {e}") from None
             try:
                 db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA secure_delete=ON")  # a deleted voice's row is zeroed in the file
                 db.execute(self.begin)
                 self.db = db
                 return db
             except sqlite3.OperationalError as e:
                 db.close()
-                if not _is_busy(e) or attempt == ATTEMPTS - 1:
+                if not _is_busy(e):
+                    raise VoiceStoreUnavailable(f"the voice index {self.path} cannot be opened: {e}") from None
+                if attempt == ATTEMPTS - 1:
                     raise
                 time.sleep(random.uniform(0.01, 0.1) * (attempt + 1))
         raise AssertionError("unreachable")

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from voice_helpers import ROOT  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "tests"))
 REQUIRED = os.environ.get("Q3TTS_REQUIRE_POSTGRES", "0") == "1"
 
@@ -112,16 +113,6 @@ def postgres() -> PostgresServer:
 def database(postgres) -> str:
     """A fresh, empty database's URL on the session's server."""
     return postgres.url(postgres.new_database())
-
-
-def small_voice(tag: str, frames: int = 8, hidden: int = 32, seed: int = 0):
-    """A voice prompt made without a model: `tag` as its transcript, so a reader can tell whose it is."""
-    from q3tts.voices import VoiceClonePromptItem
-
-    g = torch.Generator().manual_seed(seed)
-    return VoiceClonePromptItem(ref_code=torch.randint(0, 2048, (frames, 16), generator=g),
-                                ref_spk_embedding=torch.randn(hidden, generator=g), x_vector_only_mode=False,
-                                icl_mode=True, ref_text=tag)  # fmt: skip
 
 
 def wav_bytes(seconds: float, sr: int = 24000, seed: int = 0) -> bytes:

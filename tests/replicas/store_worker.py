@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import small_voice  # noqa: E402
+from voice_helpers import small_voice  # noqa: E402
 
 from q3tts.server.voices import VoiceExists  # noqa: E402
 from q3tts.server.voicestore import open_voice_store  # noqa: E402

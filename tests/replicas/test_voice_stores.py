@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, small_voice
+from voice_helpers import ROOT, small_voice
 
 from q3tts.server.voices import (
     Consent,

@@ -367,7 +367,8 @@ class Trainer:
             return {}
         if self._speech_eval is None:
             self._speech_eval = speech_eval.SpeechEval(self.tc.eval_asr)
-        return self._speech_eval(self.module, self.source, self.out, self.val_set[: self.tc.eval_generate],
+        held_out = [self.val_set[i] for i in range(min(self.tc.eval_generate, len(self.val_set)))]  # streamed set
+        return self._speech_eval(self.module, self.source, self.out, held_out,
                                  self.tc.speaker_name, self.tc.export_dtype)  # fmt: skip
 
     def save(self) -> Path:

@@ -498,12 +498,6 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
             _guarded(statuses), None, status_outputs
         )
         demo.load(_guarded(lambda: (*model_views(), *voice_views())), None, [*model_outputs, *voice_outputs])
-
-        def session_ended(request: gr.Request):
-            """The page was closed or reloaded: its reference clips leave the disk and the memory."""
-            uploads.forget_client(client_token({"headers": request.headers.raw}) if request is not None else None)
-
-        demo.unload(session_ended)
     demo.queue(default_concurrency_limit=max(1, models.max_batch))
     return demo
 

@@ -73,7 +73,7 @@ def test_the_official_demo_command_line_serves_the_ui_over_https(make_tiny, tmp_
     port = free_port()
     cmd = [sys.executable, "-m", "q3tts.cli", "demo", str(make_tiny("custom_voice")), "--ip", "0.0.0.0", "--port",
            str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--no-ssl-verify", "--device", "cpu",
-           "--voices-dir", str(tmp_path / "voices")]  # fmt: skip
+           "--voices-dir", str(tmp_path / "voices"), "--max-new-tokens", "321", "--top-p", "0.8"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -82,6 +82,10 @@ def test_the_official_demo_command_line_serves_the_ui_over_https(make_tiny, tmp_
         # verified against the certificate it was given: this is that HTTPS server
         trusted = ssl.create_default_context(cafile=str(cert))
         assert httpx.get(f"https://127.0.0.1:{port}/ui/", verify=trusted, timeout=10).status_code == 200
+        # --max-new-tokens starts the slider (--top-p goes to every run, as in the official demo)
+        config = httpx.get(f"https://127.0.0.1:{port}/ui/config", verify=False, timeout=10).json()
+        sliders = {c["props"].get("label"): c["props"].get("value") for c in config["components"]}
+        assert sliders["Max new tokens (80 ms each)"] == 321
         root = httpx.get(f"https://127.0.0.1:{port}/", verify=False, timeout=10)
         assert root.is_redirect and root.headers["location"] == "ui/"
         with pytest.raises(httpx.HTTPError):  # no plain HTTP on that port

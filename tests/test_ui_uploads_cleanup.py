@@ -133,17 +133,23 @@ def test_after_a_clone_in_the_ui_no_copy_of_the_reference_remains(base_url, cach
             assert events[-1]["event"] == "complete", events
 
 
-def test_an_unused_upload_is_deleted_when_its_page_closes(base_url, cache_root):
+def test_an_unused_upload_is_deleted_when_its_last_page_closes(base_url, cache_root):
     samples = clip(3)
     data = encoded(samples, "WAV")
-    with httpx.Client(base_url=base_url) as page:
-        page.get("/ui/")
-        path = upload(page, "ref.wav", data)
-        # The page's heartbeat: Gradio runs the unload event when this connection goes away.
-        with page.stream("GET", "/ui/gradio_api/heartbeat/page-1", timeout=30) as heartbeat:
-            assert next(heartbeat.iter_lines()).startswith("data:")
-            assert Path(path).exists()
-    assert wait_gone(path), "the upload outlived its page"
+    with httpx.Client(base_url=base_url) as browser:
+        browser.get("/ui/")
+        path = upload(browser, "ref.wav", data)
+        # Each open page holds Gradio's heartbeat connection; two tabs of one browser share its cookie.
+        # (Each line iterator is kept: a dropped one closes its stream.)
+        with browser.stream("GET", "/ui/gradio_api/heartbeat/tab-1", timeout=30) as tab1:
+            lines1 = tab1.iter_lines()
+            assert next(lines1).startswith("data:")
+            with browser.stream("GET", "/ui/gradio_api/heartbeat/tab-2", timeout=30) as tab2:
+                lines2 = tab2.iter_lines()
+                assert next(lines2).startswith("data:")
+            time.sleep(1.0)
+            assert Path(path).exists()  # the other tab is still open
+        assert wait_gone(path), "the upload outlived its pages"
     assert copies_of(samples, data, cache_root) == []
 
 

@@ -22,6 +22,7 @@ def checkpoint_info(path: str) -> dict:
 
     from ..checkpoint import MAIN_FILES, read_safetensors_header, require_files, resolve
     from ..config import ModelConfig, SpeechTokenizerConfig
+    from ..languages import model_languages
 
     folder = resolve(path)
     require_files(folder, MAIN_FILES)
@@ -30,7 +31,7 @@ def checkpoint_info(path: str) -> dict:
     params = sum(int(torch.Size(v["shape"]).numel()) for v in header.values())
     speech = SpeechTokenizerConfig.from_file(folder / "speech_tokenizer" / "config.json")
     t = cfg.talker
-    languages = ["auto"] + sorted(k for k in t.codec_language_id if "dialect" not in k)
+    languages = ["auto", *(lang for lang in model_languages(t.codec_language_id) if lang != "auto")]
     return {
         "path": str(folder),
         "kind": cfg.tts_model_type,

@@ -582,12 +582,6 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
             _guarded(statuses), None, status_outputs
         )
         demo.load(_guarded(lambda: (*model_views(), *voice_views())), None, [*model_outputs, *voice_outputs])
-
-        def session_ended(request: gr.Request):
-            """The page was closed or reloaded: its reference clips leave the disk and the memory."""
-            uploads.forget_client(client_token({"headers": request.headers.raw}) if request is not None else None)
-
-        demo.unload(session_ended)
     demo.queue(default_concurrency_limit=max(1, models.max_batch))
     return demo
 
@@ -711,6 +705,7 @@ def demo_app(args):
     app.get("/favicon.ico", include_in_schema=False)(lambda: Response(status_code=204))
     mount_ui(app, models, Path(args.voices_dir) if args.voices_dir else default_voices_dir(), generation=generation)
     app.add_middleware(GuardMiddleware, policy=HostPolicy(args.host), max_headers=100)  # as `q3tts serve`
+    app.state.models, app.state.first_model = models, next(iter(specs))
     return app
 
 
@@ -731,6 +726,12 @@ def run_demo(args) -> int:
     app = demo_app(args)
     for note in _demo_notes(args):
         print(f"q3tts demo: note: {note}", file=sys.stderr, flush=True)
+    # As the official demo: the model is loaded before the page is served (its errors show here).
+    print(f"q3tts demo: loading {app.state.first_model} ...", file=sys.stderr, flush=True)
+    try:
+        app.state.models.load(app.state.first_model)
+    except Exception as e:
+        raise DemoUsageError(f"cannot load {app.state.first_model}: {one_line(str(e)) or type(e).__name__}") from None
     scheme = "https" if args.ssl_certfile else "http"
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"{scheme}://{shown}:{args.port}/ui/"

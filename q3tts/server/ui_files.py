@@ -15,7 +15,8 @@ The UI's handlers check every input path again (`UploadRegistry.read_audio`).
 Reference clips and microphone recordings are biometric data, so no copy stays on disk longer than
 it is needed. An upload (and Gradio's conversion of it, `clip.wav` beside `clip.mp3`) is deleted:
   - once decoded for a run (the decoded audio stays in memory for reruns with the same clip);
-  - when its browser session ends (the page is closed or reloaded: Gradio's unload event);
+  - when its browser session ends: the last page of that browser closed or reloaded (each open
+    page holds a Gradio heartbeat connection; the guard counts them per client);
   - when it has waited `max_age` seconds unused (a clip replaced in the page, or never used);
   - at once when no browser session can use it (an upload without the UI's client cookie), and
     when its session is dropped from the registry (the least recently seen of `max_clients`).
@@ -68,6 +69,7 @@ class UploadRegistry:
         # (client, path) -> (audio, last use)
         self._decoded: OrderedDict[tuple[str, str], tuple[np.ndarray, float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._pages: dict[str, int] = {}  # client -> open pages (heartbeat connections)
         self._stop = threading.Event()
         self._sweeper: Optional[threading.Thread] = None
 
@@ -154,6 +156,23 @@ class UploadRegistry:
             client.uploads[upload] = time.monotonic()
 
     # -- expiry ----------------------------------------------------------------------------------
+    def page_opened(self, token: Optional[str]) -> None:
+        if token:
+            with self._lock:
+                self._pages[token] = self._pages.get(token, 0) + 1
+
+    def page_closed(self, token: Optional[str]) -> None:
+        """A page's heartbeat ended; with the client's last page, its session ends (forget_client)."""
+        if not token:
+            return
+        with self._lock:
+            left = self._pages.get(token, 1) - 1
+            if left > 0:
+                self._pages[token] = left
+                return
+            self._pages.pop(token, None)
+        self.forget_client(token)
+
     def forget_client(self, token: Optional[str]) -> None:
         """A browser session ended: its uploads leave the disk and its decoded clips the memory."""
         if not token:
@@ -290,6 +309,8 @@ class UIFileGuard:
             # the requests a page load fires at once would change the id under a running event.
             token = new_token = secrets.token_urlsafe(32)
             scope = dict(scope, headers=[*scope["headers"], (b"cookie", f"{COOKIE}={token}".encode())])
+        if sub.startswith("/gradio_api/heartbeat/") and token is not None:
+            return await self._heartbeat(scope, receive, send, token)
         if "/proxy=" in sub:
             return await _plain(send, 403, "the UI fetches no remote files", new_token, self.prefix)
         if "/file=" in sub or sub.startswith(("/file/", "/gradio_api/file/")):
@@ -313,6 +334,40 @@ class UIFileGuard:
                                         "session", new_token, self.prefix)  # fmt: skip
         recorder = _OutputRecorder(self.uploads, token, upload=sub.endswith("/upload"))
         await self.app(scope, receive, recorder.wrap(_with_cookie(send, new_token, self.prefix)))
+
+    async def _heartbeat(self, scope, receive, send, token: str) -> None:
+        """A page holds its heartbeat connection open while it is shown, so the page is closed when the
+        client disconnects (or the stream ends). The app's call may return before its stream does
+        (Gradio streams from a task), so the end is read from the messages, not from the return."""
+        closed = False
+
+        def close_once() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                self.uploads.page_closed(token)
+
+        async def watched_receive():
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                close_once()
+            return message
+
+        async def watched_send(message):
+            try:
+                await send(message)
+            except BaseException:
+                close_once()
+                raise
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                close_once()
+
+        self.uploads.page_opened(token)
+        try:
+            await self.app(scope, watched_receive, watched_send)
+        except BaseException:
+            close_once()
+            raise
 
 
 async def _buffer(receive):

@@ -218,6 +218,10 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.max_grad_norm < 0 or self.max_nonfinite_steps < 1:
+            raise ConfigError("need max_grad_norm >= 0 (0: no clipping) and max_nonfinite_steps >= 1")
+        if self.max_train_samples < 0 or self.max_eval_samples < 0:
+            raise ConfigError("max_train_samples and max_eval_samples must be >= 0 (0: no limit)")
         if self.epochs < 1 and self.max_steps < 1:
             raise ConfigError("set epochs >= 1 or max_steps >= 1")
         for name in self.speakers:

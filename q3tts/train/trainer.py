@@ -207,7 +207,8 @@ class Trainer:
         fraction = 0.0 if separate_val else tc.val_fraction
         # preparing on the fly stops early when the run is limited (a debug run on a big corpus)
         cap = 0 if not limit_train else limit_train + (0 if separate_val else limit_val or limit_train)
-        if tc.dataset_name and (tc.data_mode == "direct" or not tc.data):
+        # DATASET_NAME is used in mode direct, and (as the pipeline's jsonl mode does) when no `data` exists yet
+        if tc.dataset_name and (tc.data_mode == "direct" or not tc.data or not Path(tc.data).exists()):
             folder = self.dataset(tc.train_split, "data", fraction, cap)
         else:
             folder = self.prepared(tc.data, "data", fraction, cap)

@@ -263,6 +263,9 @@ def test_hf_dataset_splits_are_prepared_on_the_fly_and_resume(tmp_path, corpus, 
     code, printed = run_cli(capsys, *argv)  # again: nothing is encoded twice
     assert code == 0 and "kept 4 items (0 new, 4 already prepared)" in printed
     assert "kept 2 items (0 new, 2 already prepared)" in printed
+    missing = [*argv, "--set", "data_mode=jsonl", "--set", f"data={tmp_path / 'not-yet.jsonl'}"]
+    code, printed = run_cli(capsys, *missing)  # jsonl mode, TRAIN_JSONL not there yet: the dataset stands in
+    assert code == 0 and "kept 4 items (0 new, 4 already prepared)" in printed
     bad = [*argv, "--set", "validation_split=nope"]
     code, printed = run_cli(capsys, *bad)
     assert code == 1 and "split 'nope'" in printed and "Traceback" not in printed

@@ -111,6 +111,8 @@ def test_every_pipeline_name_is_known_and_precedence_is_flag_env_file_default(tm
         r = resolve_config(y, flags, e, environ=environ)
         assert (r.config.epochs, r.sources["epochs"]) == expected
     assert resolve_config(None, ("model=m", "data=d")).sources.get("epochs", "default") == "default"
+    flat = resolve_config(None, ("model=m", "data=d", "columns=text=transcription,speaker=spk")).config.columns
+    assert flat == {"text": "transcription", "speaker": "spk"}
     r = resolve_config(tmp_path / "train.yaml", ("epochs=1",), path, environ=env)
     assert (r.config.batch_size, r.sources["batch_size"]) == (5, "config file")
     assert (r.config.seed, r.sources["seed"], r.config.lr, r.config.cp_loss_weight) == (7, "environment", 1e-5, 0.5)

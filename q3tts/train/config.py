@@ -275,6 +275,11 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
         return float(value) if kind == "float" and isinstance(value, int) and not isinstance(value, bool) else value
     if kind == "list":
         return [v.strip() for v in value.split(",") if v.strip()]
+    if kind == "dict":  # "text=transcription,speaker=spk"
+        pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ConfigError(f"{where}: expected name=value pairs separated by commas, got {value!r}")
+        return {k.strip(): v.strip() for k, v in pairs}
     if kind == "bool":
         return value.strip().lower() in ("1", "true", "yes", "on")
     if kind in ("int", "float"):

@@ -1,4 +1,4 @@
-"""What a fine-tuning run leaves behind, and what it holds in memory (issue 11, items 5, 8, 9).
+"""What a fine-tuning run leaves behind, and what it holds in memory (issue 11, items 5, 6, 8, 9).
 
 * Streaming: peak RSS of `q3tts train` on a prepared set 10x larger grows by less than 10 %.
 * best/ and final/ are model folders with training_state.json, speakers.json and a README;
@@ -6,8 +6,10 @@
 * Hub upload, with the real huggingface_hub client against a local stand-in of the hub API
   (tests/hubstub.py, HF_ENDPOINT pointed at it); an unreachable hub is a warning, never a failure.
 
+* A step with a NaN loss in the middle of a run is skipped and the run goes on.
+
 The runs are real `q3tts train` processes (HF_ENDPOINT is read when huggingface_hub is imported,
-and peak RSS is per process).
+and peak RSS is per process), but for the NaN step, which runs the CLI's main in this process.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from safetensors.torch import load_file
 
 from q3tts.api import Qwen3TTS
 from q3tts.config import ModelConfig
+from q3tts.train.config import ENV_NAMES
 from q3tts.train.dataset import INDEX, ShardWriter
 
 SR = 24000
@@ -40,7 +43,10 @@ def q3tts_cmd(*argv) -> list[str]:
 
 
 def run_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "WANDB"))}
+    """This environment without hub / W&B settings and without the .env names (read from the
+    environment too: a CI runner's OUTPUT_DIR must not leak into these runs)."""
+    drop = set(ENV_NAMES) | {"ACCELERATE_MIXED_PRECISION"}
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("HF_", "HUGGING_FACE", "WANDB"))}
     return dict(env, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_DISABLE_TELEMETRY="1", **extra)
 
 
@@ -172,3 +178,39 @@ def test_unreachable_hub_warns_and_keeps_the_local_copy(tmp_path, corpus):
     assert "warning: hub upload of final/ to me/alice-voice failed (" in proc.stderr
     assert f"the local copy stays at {out / 'final'}" in proc.stderr and "Traceback" not in proc.stderr
     assert Qwen3TTS.from_pretrained(out / "final", device="cpu", dtype="float32").get_supported_speakers() == ["alice"]
+
+
+# -- 6. a NaN step in the middle of a run -------------------------------------------------------------
+def test_a_nan_step_is_skipped_and_training_goes_on(tmp_path, corpus, capsys):
+    """A prepared set whose speaker bob has a corrupt (infinite) embedding: every step on bob's
+    item has a NaN loss and is skipped, the steps on alice's items train, the run finishes."""
+    from q3tts.cli import main as q3tts
+
+    cfg = ModelConfig.from_file(corpus["model"] / "config.json").talker
+    data = tmp_path / "data"
+    data.mkdir()
+    writer = ShardWriter(data, shard_size=10)
+    gen = torch.Generator().manual_seed(0)
+    for i, speaker in enumerate(["alice", "alice", "bob"]):
+        xvector = torch.randn(cfg.hidden_size, generator=gen)
+        xvector[0] = float("inf") if speaker == "bob" else xvector[0]
+        codes = torch.randint(0, cfg.codebook_size, (20, cfg.num_code_groups), generator=gen)
+        writer.add(dict(id=f"{i:016x}", text=f"Item {i}.", speaker=speaker, language="auto", duration=1.6,
+                        source=f"synthetic[{i}]", split="train"), codes, xvector)  # fmt: skip
+    writer.flush()
+    out = tmp_path / "run"
+    code = q3tts(["train", "--set", f"model={corpus['model']}", "--set", f"data={data}", "--set", f"output_dir={out}",
+                  "--set", "max_steps=6", "--set", "batch_size=1", "--set", "lr=1e-3", "--set", "logging_steps=1",
+                  "--set", "report_to=[none]"])  # fmt: skip
+    printed = capsys.readouterr().err
+    assert code == 0, printed[-3000:]
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    skipped = [r["step"] for r in log if "skipped" in r]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] and len(skipped) == 2  # bob's item, once per epoch
+    assert all(np.isfinite(r["loss"]) for r in log if "skipped" not in r)
+    assert printed.count("the update was skipped (1 in a row") == 2
+    trained = load_file(str(out / "checkpoint-000006" / "trainable.safetensors"))
+    assert all(torch.isfinite(v).all() for v in trained.values())
+    source = load_file(str(corpus["model"] / "model.safetensors"))
+    head = trained["networks.talker.codec_head.weight"]  # the trainable tensors, named inside the TrainModule
+    assert not torch.equal(head, source["talker.codec_head.weight"].float())  # alice's steps did train

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from q3tts.api import Qwen3TTS
 from q3tts.cli import main as q3tts
 from q3tts.train.config import ENV_NAMES, ConfigError, resolve_config
+from q3tts.train.data import PreparedSet
 
 SR = 24000
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """The .env names are read from the environment too: a CI runner's OUTPUT_DIR or SEED must not
+    leak into these runs."""
+    for name in [*ENV_NAMES, "ACCELERATE_MIXED_PRECISION"]:
+        monkeypatch.delenv(name, raising=False)
 
 
 def clip(seconds: float, seed: int) -> np.ndarray:
@@ -102,6 +111,8 @@ def test_every_pipeline_name_is_known_and_precedence_is_flag_env_file_default(tm
         r = resolve_config(y, flags, e, environ=environ)
         assert (r.config.epochs, r.sources["epochs"]) == expected
     assert resolve_config(None, ("model=m", "data=d")).sources.get("epochs", "default") == "default"
+    flat = resolve_config(None, ("model=m", "data=d", "columns=text=transcription,speaker=spk")).config.columns
+    assert flat == {"text": "transcription", "speaker": "spk"}
     r = resolve_config(tmp_path / "train.yaml", ("epochs=1",), path, environ=env)
     assert (r.config.batch_size, r.sources["batch_size"]) == (5, "config file")
     assert (r.config.seed, r.sources["seed"], r.config.lr, r.config.cp_loss_weight) == (7, "environment", 1e-5, 0.5)
@@ -130,7 +141,7 @@ def test_layer_replacement_env_changes_exactly_those_layers(tmp_path, corpus, ca
     path = env_file(tmp_path / ".env", INIT_MODEL_PATH=corpus["model"], OUTPUT_DIR=out, TRAIN_JSONL=corpus["manifest"],
                     NUM_EPOCHS=5, BATCH_SIZE=2, LEARNING_RATE="1e-2", REPLACE_LAST_N_LAYERS=2, ADD_NEW_LAYERS=1,
                     SPEAKER_NAME="alice", USE_WANDB="false", MAX_TRAIN_SAMPLES=4, MAX_EVAL_SAMPLES=1,
-                    TOKENIZER_PATH="Qwen/Qwen3-TTS-Tokenizer-12Hz")  # fmt: skip
+                    TOKENIZER_PATH="Qwen/Qwen3-TTS-Tokenizer-12Hz", REF_AUDIO_PATH=corpus["clips"] / "c5.wav")  # fmt: skip
     monkeypatch.setenv("NUM_EPOCHS", "1")
     code, printed = run_cli(capsys, "train", "--env-file", path, "--set", "export_dtype=float32",
                             "--set", "report_to=[none]", "--set", "val_fraction=0.3")  # fmt: skip
@@ -152,6 +163,36 @@ def test_layer_replacement_env_changes_exactly_those_layers(tmp_path, corpus, ca
     assert diff - in_layers == {"talker.model.codec_embedding.weight"}  # the new speaker's row
     tts = Qwen3TTS.from_pretrained(final, device="cpu", dtype="float32")
     assert len(tts.checkpoint.networks.talker.model.layers) == 3 and tts.get_supported_speakers() == ["alice"]
+    # the limits stopped preparing at 4 + 1 of the 6 clips; REF_AUDIO_PATH: one clip's embedding
+    # stands for every item (five different clips otherwise)
+    vectors = [e.xvector for e in PreparedSet(out / "data").light()]
+    assert len(vectors) == 5 and all(torch.equal(v, vectors[0]) for v in vectors)
+    row = load_file(str(final / "model.safetensors"))["talker.model.codec_embedding.weight"][3000]
+    assert torch.equal(row, vectors[0])
+
+
+def test_freeze_original_layers_false_trains_the_rest_and_speaker_encoder_note(tmp_path, corpus):
+    from q3tts.train.module import load_base, setup_mode
+
+    def trainable(**values) -> tuple[set, dict, list]:
+        path = env_file(tmp_path / ".env", INIT_MODEL_PATH=corpus["model"], TRAIN_JSONL=corpus["manifest"], **values)
+        r = resolve_config(None, (), path)
+        base = load_base(str(corpus["model"]))
+        roles = setup_mode(base.networks, base.config, r.config)
+        return {n for n, p in base.networks.named_parameters() if p.requires_grad}, roles, r.notes
+
+    only_new, roles, notes = trainable(REPLACE_LAST_N_LAYERS=1)
+    assert roles == {1: "replaced"} and notes == []
+    assert {n.split(".")[3] for n in only_new} == {"1"} and all(
+        n.startswith("talker.model.layers.1.") for n in only_new
+    )
+    everything, roles, notes = trainable(REPLACE_LAST_N_LAYERS=1, FREEZE_ORIGINAL_LAYERS="false",
+                                         FREEZE_SPEAKER_ENCODER="false")  # fmt: skip
+    assert roles == {1: "replaced"} and only_new < everything
+    assert "talker.model.layers.0.mlp.up_proj.weight" in everything
+    assert any(n.startswith("talker.code_predictor.") for n in everything)
+    assert "talker.model.text_embedding.weight" not in everything  # `freeze` still holds, as in mode full
+    assert len(notes) == 1 and notes[0].startswith("freeze_speaker_encoder false (FREEZE_SPEAKER_ENCODER): q3tts never")
 
 
 # -- 2. accelerate launch --mixed_precision bf16 -------------------------------------------------
@@ -163,7 +204,7 @@ def test_accelerate_launch_bf16_trains_in_bf16_on_cpu(tmp_path, corpus):
     cmd = [str(launcher), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "bf16", "--dynamo_backend", "no", "-m", "q3tts.train", "--env-file", str(path),
            "--set", "max_steps=2", "--set", "report_to=[none]"]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))  # os.environ: cleaned by clean_environment
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = proc.stdout + proc.stderr
@@ -224,6 +265,9 @@ def test_hf_dataset_splits_are_prepared_on_the_fly_and_resume(tmp_path, corpus, 
     code, printed = run_cli(capsys, *argv)  # again: nothing is encoded twice
     assert code == 0 and "kept 4 items (0 new, 4 already prepared)" in printed
     assert "kept 2 items (0 new, 2 already prepared)" in printed
+    missing = [*argv, "--set", "data_mode=jsonl", "--set", f"data={tmp_path / 'not-yet.jsonl'}"]
+    code, printed = run_cli(capsys, *missing)  # jsonl mode, TRAIN_JSONL not there yet: the dataset stands in
+    assert code == 0 and "kept 4 items (0 new, 4 already prepared)" in printed
     bad = [*argv, "--set", "validation_split=nope"]
     code, printed = run_cli(capsys, *bad)
     assert code == 1 and "split 'nope'" in printed and "Traceback" not in printed

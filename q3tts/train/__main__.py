@@ -16,7 +16,12 @@ from typing import Optional
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m q3tts.train", description="Fine-tune a Qwen3-TTS checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="python -m q3tts.train",
+        description="Fine-tune a Qwen3-TTS checkpoint.",
+        epilog="Settings come from --config, --env-file, the environment (the same .env names: NUM_EPOCHS=1 ...) "
+        "and --set; precedence: flag > environment > file > default. The run prints the resolved config.",
+    )
     p.add_argument("--config", type=Path, help="YAML training config (see q3tts/train/config.py)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--env-file", type=Path, help="a .env file with the community scripts' variable names")

@@ -222,6 +222,10 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.max_grad_norm < 0 or self.max_nonfinite_steps < 1:
+            raise ConfigError("need max_grad_norm >= 0 (0: no clipping) and max_nonfinite_steps >= 1")
+        if self.max_train_samples < 0 or self.max_eval_samples < 0:
+            raise ConfigError("max_train_samples and max_eval_samples must be >= 0 (0: no limit)")
         if self.epochs < 1 and self.max_steps < 1:
             raise ConfigError("set epochs >= 1 or max_steps >= 1")
         for name in self.speakers:
@@ -275,6 +279,11 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
         return float(value) if kind == "float" and isinstance(value, int) and not isinstance(value, bool) else value
     if kind == "list":
         return [v.strip() for v in value.split(",") if v.strip()]
+    if kind == "dict":  # "text=transcription,speaker=spk"
+        pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ConfigError(f"{where}: expected name=value pairs separated by commas, got {value!r}")
+        return {k.strip(): v.strip() for k, v in pairs}
     if kind == "bool":
         return value.strip().lower() in ("1", "true", "yes", "on")
     if kind in ("int", "float"):

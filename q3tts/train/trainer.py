@@ -61,7 +61,6 @@ def trackers(tc: TrainConfig) -> list[str]:
         wanted = [r for r in wanted if r != "none"] + ["wandb"]
     if tc.use_wandb is False:
         wanted = [r for r in wanted if r != "wandb"]
-        os.environ.setdefault("WANDB_MODE", "disabled")  # and "auto" must not pick it up either
     if tc.use_wandb is True and not importlib.util.find_spec("wandb"):
         raise SystemExit("q3tts: use_wandb (USE_WANDB) needs the 'wandb' package: pip install wandb")
     if "none" in wanted:
@@ -210,7 +209,8 @@ class Trainer:
         fraction = 0.0 if separate_val else tc.val_fraction
         # preparing on the fly stops early when the run is limited (a debug run on a big corpus)
         cap = 0 if not limit_train else limit_train + (0 if separate_val else limit_val or limit_train)
-        if tc.dataset_name and (tc.data_mode == "direct" or not tc.data):
+        # DATASET_NAME is used in mode direct, and (as the pipeline's jsonl mode does) when no `data` exists yet
+        if tc.dataset_name and (tc.data_mode == "direct" or not tc.data or not Path(tc.data).exists()):
             folder = self.dataset(tc.train_split, "data", fraction, cap)
         else:
             folder = self.prepared(tc.data, "data", fraction, cap)
@@ -257,7 +257,9 @@ class Trainer:
                 truncate_jsonl(self.out / name, self.state["step"])
 
     # -- steps ----------------------------------------------------------------------------------
-    def train_step(self, step: int) -> tuple[torch.Tensor, float]:
+    def train_step(self, step: int) -> tuple[torch.Tensor, Optional[float]]:
+        """One optimizer step; returns the summed loss parts and the gradient norm (None: the loss
+        or the gradient was not finite, and no update was made)."""
         epoch, in_epoch = divmod(step, self.plan.steps_per_epoch)
         micro = self.plan.step(epoch, in_epoch, self.acc.process_index)
         self.model.train()
@@ -271,10 +273,10 @@ class Trainer:
             if self.compute_dtype is None:
                 self.compute_dtype = self.module.compute
         sums = self.acc.reduce(sums, "sum")  # every rank sees the same sums, so all skip together
-        norm = float("nan")
         finite = bool(torch.isfinite(sums).all())
-        if finite and self.tc.max_grad_norm > 0:
-            norm = float(self.acc.clip_grad_norm_(self.params, self.tc.max_grad_norm))
+        norm = float("nan")
+        if finite:  # max_norm inf: the norm without clipping (a NaN gradient must be seen either way)
+            norm = float(self.acc.clip_grad_norm_(self.params, self.tc.max_grad_norm or math.inf))
             finite = math.isfinite(norm)
         if finite:
             self.optimizer.step()

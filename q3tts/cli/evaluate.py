@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ..console import Status, note
 from .common import UsageError, _check_device, _set_threads
 
 SPEAKER_BACKENDS = ("resemblyzer", "checkpoint", "none")
+
+
+def _at_least_2(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (one frame), got {value}")
+    return value
 
 
 def add_eval_parser(sub, common) -> None:
@@ -29,7 +40,7 @@ def add_eval_parser(sub, common) -> None:
     p.add_argument("--codec", metavar="MODEL", help="also score MODEL's speech tokenizer round trip on the audio")
     p.add_argument("--language", default="english", help="language of items that give none (default english)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed for generation (default 0)")
-    p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap on generated frames + 1 per item")
+    p.add_argument("--max-new-tokens", type=_at_least_2, metavar="N", help="cap on generated frames + 1 per item")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     p.add_argument("--save-audio", action="store_true", help="keep the generated audio in OUTPUT/audio/<model>/")
     p.set_defaults(func=cmd_eval)

@@ -103,7 +103,7 @@ def write_plot(path: Path, rows: list[dict]) -> bool:
         ax.boxplot([d for _, d in shown], widths=0.5)
         for i, (_, d) in enumerate(shown, 1):
             ax.scatter(np.full(len(d), i) + np.linspace(-0.08, 0.08, len(d)), d, s=12, alpha=0.7, zorder=3)
-        ax.set_xticks(range(1, len(shown) + 1), [m[:18] for m, _ in shown], fontsize=8)
+        ax.set_xticks(range(1, len(shown) + 1), [m[:24] for m, _ in shown], fontsize=8)
         ax.set_title(f"{key} ({METRICS[key]} is better)" if METRICS[key] != "-" else key, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:

@@ -37,8 +37,8 @@ class Scorers:
     speaker_backend: str = "resemblyzer"  # or "checkpoint", or "none"
     speaker_model: object = None  # a Base Qwen3TTS, for speaker_backend="checkpoint"
     drift_piece_seconds: float = 3.0
-    _asr: dict = field(default_factory=dict)
-    _embedder: object = None
+    _asr: dict = field(default_factory=dict, init=False, repr=False)  # language -> loaded back-end
+    _embedder: object = field(default=None, init=False, repr=False)
 
     def asr(self, language: str):
         key = "english" if self.asr_name == "pocketsphinx" else language
@@ -107,7 +107,7 @@ def _voice(row: dict, notes: list, wav, sr, ref, scorers: Scorers) -> None:
 
 def generate_item(model, item: TestItem, **options) -> tuple[np.ndarray, int, int, int]:
     """Speak `item` with a loaded Qwen3TTS in its own mode -> (samples, sr, frames, frame cap)."""
-    language = None if item.language in ("auto", None) else item.language.capitalize()
+    language = None if item.language == "auto" else item.language
     kw = dict(speaker=item.speaker, instruct=item.instruct, language=language)
     if model.kind == "base":
         if not item.ref_audio:

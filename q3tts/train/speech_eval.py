@@ -43,7 +43,11 @@ class SpeechEval:
         embedder = self.scorers.embedder()
         sims, wers = [], []
         for ex in items:
-            wavs, sr = tts.generate_custom_voice(ex.text, speaker=ex.speaker or default_speaker, seed=0)
+            # Capped at twice the recording plus 2 s: an early, still-runaway model would otherwise
+            # speak to the text's length cap at every validation (140 frames for "Hello there.").
+            cap = 2 * ex.codes.shape[0] + 25
+            wavs, sr = tts.generate_custom_voice(ex.text, speaker=ex.speaker or default_speaker, seed=0,
+                                                 max_new_tokens=cap)  # fmt: skip
             wav = wavs[0]
             truth = decoder(ex.codes.T[None].to(tts.device))[0, 0].float().cpu().numpy()
             try:

@@ -37,24 +37,24 @@ class Q3TTSReplica:
         self.replica = f"{serve.get_replica_context().replica_id.unique_id}@{os.getpid()}"
         s = self.settings
         self.tts = Qwen3TTS.from_pretrained(s.model, device=s.device, dtype=s.dtype, quantize=s.quantize)
-        self.app = None
+        self.fastapi_app = None  # (`app` is the ingress wrapper's)
 
     def __serve_build_asgi_app__(self):
-        self.app = create_app(self.settings, tts=self.tts)
+        self.fastapi_app = create_app(self.settings, tts=self.tts)
         replica = self.replica
 
-        @self.app.middleware("http")
+        @self.fastapi_app.middleware("http")
         async def name_the_replica(request, call_next):
             response = await call_next(request)
             response.headers[REPLICA_HEADER] = replica
             return response
 
-        return self.app
+        return self.fastapi_app
 
     async def check_health(self) -> None:
         """Ray's health check: the first waits until the model has warmed up; a failed load fails it."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        state = self.app.state
+        state = self.fastapi_app.state
         while state.service is None:
             if state.load_error:
                 raise RuntimeError(f"the model failed to load: {state.load_error}")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Optional
 
@@ -89,7 +91,8 @@ def build_app(settings: Optional[Settings] = None):
 
 
 def run_ray(settings: Settings, log_level: str = "info") -> int:
-    """`q3tts serve --ray`: start (or join, with RAY_ADDRESS) a Ray instance, serve on host:port until Ctrl-C."""
+    """`q3tts serve --ray`: start (or join, with RAY_ADDRESS) a Ray instance and serve on host:port
+    until SIGINT or SIGTERM, then remove the application (and the Ray instance it started)."""
     import ray
 
     if settings.ssl_certfile:
@@ -99,11 +102,14 @@ def run_ray(settings: Settings, log_level: str = "info") -> int:
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build_app(settings), name="q3tts", route_prefix="/")
     log.info("serving %s on Ray Serve at http://%s:%d", settings.model_id, settings.host, settings.port)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
+    # Both signals, set explicitly: a process started in the background by a shell ignores SIGINT.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping the Ray Serve application")
+    serve.shutdown()
+    ray.shutdown()
     return 0
 
 

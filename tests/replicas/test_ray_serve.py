@@ -12,15 +12,12 @@ import time
 
 import httpx
 import pytest
-from conftest import REQUIRED, ROOT, wav_bytes
+from conftest import ROOT, require_module, wav_bytes
 from serverproc import free_port
 
 from q3tts.server import Settings
 
-if REQUIRED:
-    import ray  # Q3TTS_REQUIRE_POSTGRES=1 (make test): the `ray` extra is set up too
-else:
-    ray = pytest.importorskip("ray")
+ray = require_module("ray")  # under Q3TTS_REQUIRE_POSTGRES=1 (make test) the `ray` extra must be there
 from ray import serve  # noqa: E402
 
 from q3tts.server.ray import REPLICA_HEADER, build_app  # noqa: E402

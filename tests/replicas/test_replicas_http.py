@@ -18,14 +18,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
-from conftest import ROOT, wav_bytes
+from conftest import ROOT, require_module, wav_bytes
 from serverproc import free_port, serve_in_thread, wait_ready
 
 from q3tts.server import Settings, create_app
 from q3tts.server.listen import uvicorn_config
 
+psycopg = require_module("psycopg")
 pytestmark = pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCapWarning")
 SHORT = {"max_new_tokens": 3, "min_new_tokens": 3, "response_format": "pcm"}
 

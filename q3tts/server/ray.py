@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Optional
 
@@ -37,24 +39,24 @@ class Q3TTSReplica:
         self.replica = f"{serve.get_replica_context().replica_id.unique_id}@{os.getpid()}"
         s = self.settings
         self.tts = Qwen3TTS.from_pretrained(s.model, device=s.device, dtype=s.dtype, quantize=s.quantize)
-        self.app = None
+        self.fastapi_app = None  # (`app` is the ingress wrapper's)
 
     def __serve_build_asgi_app__(self):
-        self.app = create_app(self.settings, tts=self.tts)
+        self.fastapi_app = create_app(self.settings, tts=self.tts)
         replica = self.replica
 
-        @self.app.middleware("http")
+        @self.fastapi_app.middleware("http")
         async def name_the_replica(request, call_next):
             response = await call_next(request)
             response.headers[REPLICA_HEADER] = replica
             return response
 
-        return self.app
+        return self.fastapi_app
 
     async def check_health(self) -> None:
         """Ray's health check: the first waits until the model has warmed up; a failed load fails it."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        state = self.app.state
+        state = self.fastapi_app.state
         while state.service is None:
             if state.load_error:
                 raise RuntimeError(f"the model failed to load: {state.load_error}")
@@ -89,7 +91,8 @@ def build_app(settings: Optional[Settings] = None):
 
 
 def run_ray(settings: Settings, log_level: str = "info") -> int:
-    """`q3tts serve --ray`: start (or join, with RAY_ADDRESS) a Ray instance, serve on host:port until Ctrl-C."""
+    """`q3tts serve --ray`: start (or join, with RAY_ADDRESS) a Ray instance and serve on host:port
+    until SIGINT or SIGTERM, then remove the application (and the Ray instance it started)."""
     import ray
 
     if settings.ssl_certfile:
@@ -99,11 +102,14 @@ def run_ray(settings: Settings, log_level: str = "info") -> int:
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build_app(settings), name="q3tts", route_prefix="/")
     log.info("serving %s on Ray Serve at http://%s:%d", settings.model_id, settings.host, settings.port)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
+    # Both signals, set explicitly: a process started in the background by a shell ignores SIGINT.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping the Ray Serve application")
+    serve.shutdown()
+    ray.shutdown()
     return 0
 
 

@@ -73,6 +73,9 @@ class PostgresVoiceStore:
             self._ensure_schema()
         except VoiceStoreUnavailable as e:
             log.warning("voice database not reachable yet (voice routes answer 503 until it is): %s", e)
+        except BaseException:
+            self.pool.close()
+            raise
 
     def close(self) -> None:
         self.pool.close()

@@ -35,6 +35,14 @@ def missing(reason: str):
     pytest.skip(reason)
 
 
+def require_module(name: str):
+    """The module, else a skip (a failure under Q3TTS_REQUIRE_POSTGRES=1)."""
+    try:
+        return __import__(name)
+    except ImportError:
+        missing(f"{name} is not installed (the `postgres` and `ray` extras)")
+
+
 def postgres_bin(name: str) -> str | None:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found[-1] if found else shutil.which(name)

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -212,3 +213,30 @@ def test_consent_is_required_stored_and_deleted_with_the_voice(spec):
             assert b"Ada" not in raw and b"unique transcript" not in raw
     finally:
         store.close()
+
+
+def test_the_postgres_schema_is_created_versioned_and_migrated(postgres):
+    import psycopg
+
+    from q3tts.server.voices_postgres import MIGRATIONS, SCHEMA_VERSION, PostgresVoiceStore, VoiceStoreError
+
+    url = postgres.url(postgres.new_database())
+    with psycopg.connect(url) as conn:  # a database left by a version-1 q3tts, with a voice in it
+        conn.execute(MIGRATIONS[1])
+        conn.execute("CREATE TABLE q3tts_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO q3tts_schema VALUES (1)")
+        conn.execute("INSERT INTO q3tts_voices VALUES ('old', gen_random_uuid(), 0, 'icl', 'old', 1.0, %s)",
+                     (small_voice("old").to_bytes(),))  # fmt: skip
+    with ThreadPoolExecutor(3) as pool:  # replicas starting together: one migrates, under the advisory lock
+        stores = list(pool.map(lambda _: PostgresVoiceStore(url), range(3)))
+    try:
+        assert [s.schema_version() for s in stores] == [SCHEMA_VERSION] * 3
+        assert stores[1].get("old").consent is None and same_voice(stores[2].prompt("old"), small_voice("old"))
+    finally:
+        for s in stores:
+            s.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM q3tts_schema").fetchone() == (1,)
+        conn.execute("UPDATE q3tts_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(VoiceStoreError, match="newer|upgrade q3tts"):
+        PostgresVoiceStore(url)

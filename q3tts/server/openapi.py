@@ -33,7 +33,10 @@ def errors(*statuses: int) -> dict:
 def audio_responses() -> dict:
     binary = {"schema": {"type": "string", "format": "binary"}}
     content = {media: binary for media in dict.fromkeys(MEDIA_TYPES.values())}
-    content["text/event-stream"] = {"schema": {"type": "string"}}  # stream_format="sse"
+    # stream_format="sse": each event (as OpenAPI tools read an event stream) is an event name and
+    # its JSON data line: speech.audio.delta / speech.audio.done / speech.audio.error
+    content["text/event-stream"] = {"schema": {"type": "object", "required": ["data"],
+                                               "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}}  # fmt: skip
     return {200: {"description": "the audio, sent while it is generated (or SSE events)", "content": content}}
 
 

@@ -62,7 +62,7 @@ FLAGS = [  # (flag, settings field, type, help)
     ("--request-timeout", "request_timeout", float, "seconds a request may generate (default 600)"),
     ("--chunk-frames", "chunk_frames", int, "codec frames per streamed chunk (default 4 = 320 ms)"),
     ("--first-chunk-frames", "first_chunk_frames", int, "codec frames in the first chunk (default 1)"),
-    ("--ui-model", "ui_models", str, "another checkpoint the web UI may load, NAME=PATH (repeat for more)"),
+    ("--ui-model", "ui_models", str, "another checkpoint the web UI (and the API) may load, NAME=PATH (repeat)"),
     ("--ssl-certfile", "ssl_certfile", str, "serve HTTPS with this certificate (PEM)"),
     ("--ssl-keyfile", "ssl_keyfile", str, "the certificate's private key (PEM)"),
     ("--max-header-bytes", "max_header_bytes", int, "largest request head, 431 beyond (default 32768)"),

@@ -69,6 +69,15 @@ class VoiceOptions(BaseModel):
             return value["id"]
         return value
 
+    @field_validator("max_new_tokens", "min_new_tokens", "seed", "temperature", "top_k", "top_p", "repetition_penalty",
+                     "initial_codec_chunk_frames", "speed", mode="before")  # fmt: skip
+    @classmethod
+    def _not_a_bool(cls, value):
+        # pydantic's lax mode reads true as 1; the OpenAPI document says number, so a bool is a 400
+        if isinstance(value, bool):
+            raise ValueError("a number is required, not true/false")
+        return value
+
     @field_validator("*", mode="after")
     @classmethod
     def _valid_unicode(cls, value):

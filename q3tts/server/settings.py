@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     warmup: bool = True  # one short synthesis before /ready says yes
     ui: bool = True  # the web UI at /ui (needs the `ui` extra: gradio)
     # More checkpoints the UI can load and switch between, as NAME=PATH (e.g. a 1.7B beside the
-    # served 0.6B, or a Base model for Design -> Clone). Q3TTS_UI_MODELS takes a comma-separated list.
+    # served 0.6B, or a Base model for Design -> Clone); the API serves them too (as `models`).
+    # Q3TTS_UI_MODELS takes a comma-separated list.
     ui_models: Annotated[list[str], NoDecode] = []
     ssl_certfile: Optional[str] = None  # HTTPS (browsers only allow the microphone on secure pages)
     ssl_keyfile: Optional[str] = None

@@ -57,7 +57,7 @@ class Q3TTSReplica:
         """Ray's health check: the first waits until the model has warmed up; a failed load fails it."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         state = self.fastapi_app.state
-        while state.service is None:
+        while state.router is None:
             if state.load_error:
                 raise RuntimeError(f"the model failed to load: {state.load_error}")
             if time.monotonic() > deadline:

@@ -24,8 +24,6 @@ from q3tts.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-# Settings that another branch adds (i14store: the PostgreSQL voice store); checked once they exist.
-PENDING = {"voice_store"}
 ROUTES = {route.path for route in (*ops.routes, *v1.routes)}
 
 
@@ -41,8 +39,6 @@ def check_env(env: dict[str, str], monkeypatch) -> Settings:
     for name, value in env.items():
         assert name.startswith("Q3TTS_"), name
         field = name.removeprefix("Q3TTS_").lower()
-        if field in PENDING and field not in fields:
-            continue
         assert field in fields, f"{name} is no setting (q3tts/server/settings.py)"
         if value is not None:
             monkeypatch.setenv(name, value)

@@ -123,10 +123,12 @@ def test_wer_of_espeak_speech_own_transcript_vs_wrong_one(say, asr):
 
 
 def test_written_and_spoken_references_score_the_same(say, asr):
-    heard = asr.transcribe(*say("Dr. Smith paid $5.", "en-us", 140))
-    written = error_rate("Dr. Smith paid $5.", heard.text)
-    spoken = error_rate("Doctor Smith paid five dollars.", heard.text)
-    assert written.rate == spoken.rate and written.reference == spoken.reference
+    # PocketSphinx mishears espeak-ng's "doctor smith paid five" (1.0 WER on the bare sentence), so
+    # the sentence goes on in words it hears: 0.7 WER, the same for both forms of the reference.
+    heard = asr.transcribe(*say("Dr. Smith paid $5 for the meeting this morning.", "en-us", 140))
+    written = error_rate("Dr. Smith paid $5 for the meeting this morning.", heard.text)
+    spoken = error_rate("Doctor Smith paid five dollars for the meeting this morning", heard.text)
+    assert written.rate == spoken.rate < 1 and written.reference == spoken.reference
     assert heard.words and all(w.end > w.start >= 0 for w in heard.words)  # timings come with the words
 
 

@@ -368,9 +368,13 @@ def test_training_logs_speaker_similarity_and_wer_each_eval(tmp_path, make_tiny,
 
 
 # -- in the web UI -------------------------------------------------------------------------------------------
-def test_ui_clone_measures_and_the_evaluate_tab(tiny_tts, ref_wav, tmp_path, asr):
+def test_ui_clone_measures_and_the_evaluate_tab(tiny_tts, make_tiny, ref_wav, tmp_path, asr):
     pytest.importorskip("gradio")
-    from q3tts.server.ui import _clone_measures, _evaluate
+    from q3tts.server.models import ModelManager
+    from q3tts.server.ui import _clone_measures, _evaluate, build_ui
+
+    demo = build_ui(ModelManager({"cv": make_tiny("custom_voice")}, device="cpu"), tmp_path / "voices")
+    assert "run_eval" in [d.get("api_name") for d in demo.config["dependencies"]]  # the Evaluate tab's button
 
     ref = sf.read(ref_wav, dtype="float32")
     line = _clone_measures(tiny_tts("base"), ref[0], ref[1], ref, "a low hum for two seconds")

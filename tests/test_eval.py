@@ -123,10 +123,12 @@ def test_wer_of_espeak_speech_own_transcript_vs_wrong_one(say, asr):
 
 
 def test_written_and_spoken_references_score_the_same(say, asr):
-    heard = asr.transcribe(*say("Dr. Smith paid $5.", "en-us", 140))
-    written = error_rate("Dr. Smith paid $5.", heard.text)
-    spoken = error_rate("Doctor Smith paid five dollars.", heard.text)
-    assert written.rate == spoken.rate and written.reference == spoken.reference
+    # PocketSphinx mishears espeak-ng's "doctor smith paid five" (1.0 WER on the bare sentence), so
+    # the sentence goes on in words it hears: 0.9 WER, the same for both forms of the reference.
+    heard = asr.transcribe(*say("Dr. Smith paid $5 for the meeting this morning.", "en-us", 140))
+    written = error_rate("Dr. Smith paid $5 for the meeting this morning.", heard.text)
+    spoken = error_rate("Doctor Smith paid five dollars for the meeting this morning", heard.text)
+    assert written.rate == spoken.rate < 1 and written.reference == spoken.reference
     assert heard.words and all(w.end > w.start >= 0 for w in heard.words)  # timings come with the words
 
 
@@ -366,9 +368,13 @@ def test_training_logs_speaker_similarity_and_wer_each_eval(tmp_path, make_tiny,
 
 
 # -- in the web UI -------------------------------------------------------------------------------------------
-def test_ui_clone_measures_and_the_evaluate_tab(tiny_tts, ref_wav, tmp_path, asr):
+def test_ui_clone_measures_and_the_evaluate_tab(tiny_tts, make_tiny, ref_wav, tmp_path, asr):
     pytest.importorskip("gradio")
-    from q3tts.server.ui import _clone_measures, _evaluate
+    from q3tts.server.models import ModelManager
+    from q3tts.server.ui import _clone_measures, _evaluate, build_ui
+
+    demo = build_ui(ModelManager({"cv": make_tiny("custom_voice")}, device="cpu"), tmp_path / "voices")
+    assert "run_eval" in [d.get("api_name") for d in demo.config["dependencies"]]  # the Evaluate tab's button
 
     ref = sf.read(ref_wav, dtype="float32")
     line = _clone_measures(tiny_tts("base"), ref[0], ref[1], ref, "a low hum for two seconds")

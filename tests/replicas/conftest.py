@@ -7,7 +7,6 @@ where that is a failure."""
 from __future__ import annotations
 
 import glob
-import io
 import os
 import pwd
 import shutil
@@ -18,29 +17,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from voice_helpers import ROOT  # noqa: E402
+from voice_helpers import ROOT, missing, require_module, wav_bytes  # noqa: E402, F401 - tests import them from here too
 
 sys.path.insert(0, str(ROOT / "tests"))
-REQUIRED = os.environ.get("Q3TTS_REQUIRE_POSTGRES", "0") == "1"
-
-
-def missing(reason: str):
-    if REQUIRED:
-        pytest.fail(f"Q3TTS_REQUIRE_POSTGRES=1 but {reason} (run tools/setup_postgres.sh)")
-    pytest.skip(reason)
-
-
-def require_module(name: str):
-    """The module, else a skip (a failure under Q3TTS_REQUIRE_POSTGRES=1)."""
-    try:
-        return __import__(name)
-    except ImportError:
-        missing(f"{name} is not installed (the `postgres` and `ray` extras)")
 
 
 def postgres_bin(name: str) -> str | None:
@@ -121,10 +103,3 @@ def postgres() -> PostgresServer:
 def database(postgres) -> str:
     """A fresh, empty database's URL on the session's server."""
     return postgres.url(postgres.new_database())
-
-
-def wav_bytes(seconds: float, sr: int = 24000, seed: int = 0) -> bytes:
-    noise = (np.random.default_rng(seed).standard_normal(int(seconds * sr)) * 0.1).astype(np.float32)
-    buf = io.BytesIO()
-    sf.write(buf, noise, sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()

@@ -12,8 +12,8 @@ import time
 
 import httpx
 import pytest
-from conftest import ROOT, require_module, wav_bytes
 from serverproc import free_port
+from voice_helpers import ROOT, require_module, wav_bytes
 
 from q3tts.server import Settings
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, require_module, wav_bytes
 from serverproc import free_port, serve_in_thread, wait_ready
+from voice_helpers import ROOT, require_module, wav_bytes
 
 from q3tts.server import Settings, create_app
 from q3tts.server.listen import uvicorn_config

@@ -1,4 +1,5 @@
-"""Helpers for tests that run real servers on localhost: a free port, waiting for /ready, a server in a thread."""
+"""Helpers for tests that run real servers on localhost: a free port, waiting for /ready, a server in a
+thread, and request options for an exact number of frames."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from contextlib import contextmanager
 
 import httpx
 import uvicorn
+
+
+def frames(n: int) -> dict:
+    """Request options for exactly n frames: the length cap, and no end of speech before it."""
+    return {"max_new_tokens": n + 1, "min_new_tokens": n + 1}
 
 
 def free_port() -> int:

@@ -29,7 +29,7 @@ pytest.importorskip("websockets")
 import httpx
 import openai
 import uvicorn
-from serverproc import free_port, serve_in_thread, wait_ready
+from serverproc import frames, free_port, serve_in_thread, wait_ready
 from websockets.sync.client import connect as ws_connect
 
 from q3tts.api import Qwen3TTS
@@ -41,11 +41,6 @@ from q3tts.voices import BadVoiceName
 pytestmark = pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCapWarning")
 FRAME = 1920  # samples per codec frame at 24 kHz
 FORMATS = ["wav", "pcm", "mp3", "opus", "aac", "flac"]
-
-
-def frames(n: int) -> dict:
-    """Generation options for exactly n frames: the length cap, and no end of speech before it."""
-    return {"max_new_tokens": n + 1, "min_new_tokens": n + 1}
 
 
 LONG_TEXT = "word " * 38  # 115 tiny-tokenizer tokens: a length cap of 1775 frames, half a minute of generation

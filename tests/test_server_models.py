@@ -21,17 +21,13 @@ import soundfile as sf
 
 pytest.importorskip("fastapi")
 import httpx
-from serverproc import free_port, wait_ready
+from serverproc import frames, free_port, wait_ready
 
 from q3tts.server.models import ModelManager, ModelsBusy, parse_model_specs
 
 pytestmark = pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCapWarning")
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = 1920
-
-
-def frames(n: int) -> dict:
-    return {"max_new_tokens": n + 1, "min_new_tokens": n + 1}
 
 
 def rss_bytes(pid: int) -> int:

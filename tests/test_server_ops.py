@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("websockets")
 import httpx
 import uvicorn
-from serverproc import free_port, serve_in_thread, wait_ready
+from serverproc import frames, free_port, serve_in_thread, wait_ready
 from websockets.sync.client import connect as ws_connect
 
 from q3tts.server import Settings, create_app
@@ -30,10 +30,6 @@ from q3tts.timescale import time_stretch
 pytestmark = pytest.mark.filterwarnings("ignore::q3tts.generate.engine.LengthCapWarning")
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = 1920
-
-
-def frames(n: int) -> dict:
-    return {"max_new_tokens": n + 1, "min_new_tokens": n + 1}
 
 
 # -- SIGTERM drains ----------------------------------------------------------------------------------

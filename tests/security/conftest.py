@@ -67,10 +67,6 @@ def wav_bytes(seconds: float, sr: int = 24000, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def frames(n: int) -> dict:
-    return {"max_new_tokens": n + 1, "min_new_tokens": n + 1}
-
-
 @pytest.fixture(scope="session")
 def custom_tts(make_tiny):
     return Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device="cpu", dtype="float32")

@@ -8,7 +8,8 @@ import json
 
 import httpx
 import pytest
-from conftest import frames, serve_process, wav_bytes
+from conftest import serve_process, wav_bytes
+from serverproc import frames
 from websockets.sync.client import connect as ws_connect
 
 from q3tts.generate.sampling import SamplingOptions

@@ -267,6 +267,16 @@ class Prepare:
         return report
 
 
+def dropped_lines(by_reason: dict, items: list, limit: int, report_file: Path) -> list[str]:
+    """The dropped items for a summary: counts by reason, then the first `limit` items, then where the rest are."""
+    lines = [f"  {n:6d}  {reason} ({REASONS.get(reason, reason)})"
+             for reason, n in sorted(by_reason.items(), key=lambda kv: -kv[1])]  # fmt: skip
+    lines += [f"  {item['source']}: {item['reason']}: {item['detail']}" for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  ... {len(items) - limit} more in {report_file}")
+    return lines
+
+
 def summary_lines(report: dict) -> list[str]:
     k, d = report["kept"], report["dropped"]
     lines = [
@@ -274,12 +284,7 @@ def summary_lines(report: dict) -> list[str]:
          f"{report['hours']['total']:.3f} h: train {k['train']}, validation {k['validation']}"),
         f"dropped {d['total']} items" + (":" if d["total"] else ""),
     ]  # fmt: skip
-    for reason, n in sorted(d["by_reason"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {n:6d}  {reason} ({REASONS[reason]})")
-    for item in report["dropped_items"][:50]:
-        lines.append(f"  {item['source']}: {item['reason']}: {item['detail']}")
-    if len(report["dropped_items"]) > 50:
-        lines.append(f"  ... {len(report['dropped_items']) - 50} more in {Path(report['out']) / REPORT}")
+    lines += dropped_lines(d["by_reason"], report["dropped_items"], 50, Path(report["out"]) / REPORT)
     if not report["speaker_embeddings"]:
         lines.append("no speaker embeddings stored: the model has no speaker encoder (pass --speaker-model BASE)")
     return lines
@@ -393,12 +398,7 @@ def info_lines(info: dict) -> list[str]:
         lines.append(f"  {label:>8}  {n:6d}  {'#' * round(30 * n / top)}")
     d = info["dropped"]
     lines.append(f"dropped: {d['total']}" + (":" if d["total"] else ""))
-    for reason, n in sorted(d["by_reason"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {n:6d}  {reason} ({REASONS.get(reason, reason)})")
-    for item in d["items"][:20]:
-        lines.append(f"  {item['source']}: {item['reason']}: {item['detail']}")
-    if len(d["items"]) > 20:
-        lines.append(f"  ... {len(d['items']) - 20} more in {Path(info['folder']) / REPORT}")
+    lines += dropped_lines(d["by_reason"], d["items"], 20, Path(info["folder"]) / REPORT)
     return lines
 
 

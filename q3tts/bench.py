@@ -82,9 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: physical cores, at most 8)")
-    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
-                        help="int8 weights for our talker and code predictor (CPU); the reference stays "
-                             "float")  # fmt: skip
+    parser.add_argument("--quantize", default="none",
+                        help="none, int8, q8, int4 or per network ('talker=int4,predictor=q8'): our talker's and "
+                             "code predictor's weights (CPU); the reference stays float")  # fmt: skip
     parser.add_argument("--text", default=DEFAULT_TEXT)
     parser.add_argument("--speaker", help="CustomVoice speaker (default: the first supported one)")
     parser.add_argument("--instruct", default="A calm, clear adult voice.", help="VoiceDesign description")
@@ -159,9 +159,14 @@ def make_config(args: argparse.Namespace) -> dict:
         raise BenchError(str(e)) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda but torch sees no CUDA device")
-    if args.quantize == "int8" and device.type != "cpu":
-        raise BenchError("--quantize int8 is for CPU; on a GPU use --dtype bfloat16")
-    from .nn.quant import default_threads
+    from .nn.quant import QuantizationError, default_threads, parse_quantize
+
+    try:
+        quantize = parse_quantize(args.quantize)
+    except QuantizationError as e:
+        raise BenchError(str(e)) from None
+    if quantize is not None and device.type != "cpu":
+        raise BenchError(f"--quantize {args.quantize} is for CPU; on a GPU use --dtype bfloat16")
 
     serve = args.serve or args.http or args.streams is not None
     streams = parse_streams(args.streams) if serve else []
@@ -170,7 +175,7 @@ def make_config(args: argparse.Namespace) -> dict:
         device=str(device),
         dtype=str(dtype).removeprefix("torch."),
         threads=args.threads or default_threads(),
-        quantize=args.quantize,
+        quantize=str(quantize) if quantize is not None else "none",
         frames=args.frames,
         batches=sorted({1, args.batch, *streams}),
         warmup=args.warmup,
@@ -532,6 +537,7 @@ def measure_ours(config: dict) -> dict:
 
     from .api import Qwen3TTS
     from .generate.engine import LengthCapWarning
+    from .nn.lowbit import LowBitLinear
     from .nn.quant import Int8Linear
 
     warnings.simplefilter("ignore", LengthCapWarning)  # the cap is how every run stops
@@ -543,7 +549,9 @@ def measure_ours(config: dict) -> dict:
                                    cuda_graphs=config["static"] != "off")  # fmt: skip
     networks = tts.checkpoint.networks
     parameters = sum(p.numel() for p in networks.parameters())
-    parameters += sum(m.in_features * m.out_features for m in networks.modules() if isinstance(m, Int8Linear))
+    parameters += sum(
+        m.in_features * m.out_features for m in networks.modules() if isinstance(m, (Int8Linear, LowBitLinear))
+    )
     load_seconds = time.perf_counter() - start
     rss_after_load = memory_kib("VmRSS") * 1024
     clock = Stopwatch(device)

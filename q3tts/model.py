@@ -28,7 +28,8 @@ from .config import ConfigError, GenerationDefaults, ModelConfig, SpeechTokenize
 from .nn.codec.decoder import CodecDecoder
 from .nn.codec.encoder import UNUSED_KEY_PREFIXES as ENCODER_UNUSED_KEYS
 from .nn.codec.encoder import CodecEncoder
-from .nn.quant import Int8Linear, int8_targets, release_freed_memory, replace_linear, resolve_kernel
+from .nn.lowbit import use_stack_kernels_
+from .nn.quant import QuantizeSpec, int8_targets, quantized_linear, release_freed_memory, replace_linear, resolve_kernel
 from .nn.speaker_encoder import SpeakerEncoder
 from .nn.talker import Talker
 from .text import TextTokenizer, TokenizerError
@@ -78,27 +79,31 @@ LOOKUP_TABLES = ("talker.model.text_embedding.",)
 
 
 def load_networks(folder: Path, cfg: ModelConfig, device="cpu", dtype: Optional[torch.dtype] = None,
-                  keep_narrow: tuple[str, ...] = (), quantize: Optional[str] = None) -> TTSNetworks:  # fmt: skip
-    """`quantize="int8"`: each of the talker's linears is read from the file and quantised on its
-    own before the rest loads, so loading never holds more than one float linear at a time."""
+                  keep_narrow: tuple[str, ...] = (), quantize: Optional[QuantizeSpec] = None) -> TTSNetworks:  # fmt: skip
+    """`quantize` (nn/quant.py QuantizeSpec): each of the talker's linears is read from the file and
+    quantised on its own before the rest loads, so loading never holds more than one float linear
+    at a time."""
     nets = _build_on_meta(lambda: TTSNetworks(cfg))
     path = folder / "model.safetensors"
     quantised: tuple[str, ...] = ()
-    if quantize == "int8":
+    if quantize is not None:
         kernel, header = resolve_kernel("auto"), read_safetensors_header(path)
-        names = int8_targets(nets.talker)
+        names = [n for n in int8_targets(nets.talker) if quantize.precision_of(n) != "float"]
         for name in names:
             meta = nets.talker.get_submodule(name)
             linear = nn.Linear(meta.in_features, meta.out_features, bias=meta.bias is not None, device="meta")
             for part in ("weight", "bias") if meta.bias is not None else ("weight",):
                 tensor = read_tensor(path, f"talker.{name}.{part}", getattr(meta, part).shape, header)
                 setattr(linear, part, nn.Parameter(tensor, requires_grad=False))
-            int8 = Int8Linear(linear, kernel)
-            int8.cast_bias_(dtype or linear.weight.dtype)
-            replace_linear(nets.talker, name, int8)
+            quantised_linear = quantized_linear(linear, quantize.precision_of(name), kernel)
+            if hasattr(quantised_linear, "cast_bias_"):
+                quantised_linear.cast_bias_(dtype or linear.weight.dtype)
+            replace_linear(nets.talker, name, quantised_linear)
         quantised = tuple(f"talker.{name}." for name in names)
         release_freed_memory()  # the float reads were carved from the heap, which keeps freed chunks
     load_weights(nets, path, device=device, dtype=dtype, keep_narrow=keep_narrow, skip=quantised)
+    if quantize is not None:
+        use_stack_kernels_(nets.talker)  # after the norms they read are loaded
     return nets.eval().requires_grad_(False)
 
 
@@ -134,7 +139,7 @@ def load_checkpoint(
     dtype: Optional[torch.dtype] = None,
     codec_dtype: Optional[torch.dtype] = torch.float32,
     with_codec_encoder: Optional[bool] = None,
-    quantize: Optional[str] = None,
+    quantize: Optional[QuantizeSpec] = None,
     hub: Optional[dict] = None,
 ) -> Checkpoint:
     """Load a Qwen3-TTS checkpoint folder (or Hugging Face repo id) for inference. `with_codec_encoder`

@@ -99,7 +99,14 @@ def test_from_pretrained_quantize_int8_survives_unload(make_tiny):
     assert int8_layers() == n  # reloaded with the same option
 
 
-@pytest.mark.parametrize("device, quantize, match", [("cuda", "int8", "for CPU"), ("cpu", "int4", "unknown quantize")])
+@pytest.mark.parametrize(
+    "device, quantize, match",
+    [
+        ("cuda", "int8", "for CPU"),
+        ("cpu", "int3", "unknown quantize"),
+        ("cpu", "talker=int4,codec=int4", "unknown quantize"),
+    ],
+)
 def test_quantize_option_errors_before_loading(make_tiny, device, quantize, match):
     with pytest.raises(QuantizationError, match=match):
         Qwen3TTS.from_pretrained(make_tiny("custom_voice"), device=device, quantize=quantize, lazy=True)

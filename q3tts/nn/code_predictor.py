@@ -50,6 +50,7 @@ class CodePredictor(nn.Module):
             self.small_to_mtp_projection = nn.Linear(talker_hidden, cfg.hidden_size, bias=True)
         else:
             self.small_to_mtp_projection = nn.Identity()
+        self.stack_kernel = None  # see Talker.stack_kernel
 
     def embed_code(self, codebook: int, ids: torch.Tensor) -> torch.Tensor:
         """Embedding (talker width) of ids of `codebook` (1..G-1)."""
@@ -63,6 +64,14 @@ class CodePredictor(nn.Module):
         input_pos: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Final normed hidden states [B, T, hidden]; `lm_head[k]` on position k+1 gives codebook k+1."""
+        if self.stack_kernel is not None and caches is not None and input_pos is not None and input_pos.dim() == 1:
+            # Every row writes slots `input_pos` and sees the slots up to each token's own.
+            B, T, _ = embeds.shape
+            x = self.small_to_mtp_projection(embeds).reshape(B * T, -1)
+            slots = input_pos.repeat(B)
+            pos = (positions if positions.dim() == 2 else positions[None].expand(B, -1)).reshape(-1)
+            x = self.stack_kernel(x, [c.k for c in caches], [c.v for c in caches], slots, pos, None, 0, T)
+            return self.model.norm(x.to(embeds.dtype)).reshape(B, T, -1)
         if positions.dim() == 1:
             positions = positions[None].expand(embeds.shape[0], -1)
         rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)

@@ -30,6 +30,7 @@ import ctypes
 import gc
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import Q3TTSError
+from . import lowbit
 
 Kernel = Literal["auto", "dynamic", "weight_only"]
 SKIPPED_LINEARS = ("codec_head",)  # module-name parts whose linears stay in float
@@ -143,27 +145,110 @@ def _prepack(weight_int8: torch.Tensor, scale: torch.Tensor, bias: Optional[torc
     return torch.ops.quantized.linear_prepack(qweight, bias)
 
 
-def quantize_int8_(module: nn.Module, kernel: Kernel = "auto") -> nn.Module:
-    """Replace, in place, every nn.Linear of `module` except the talker's codec head by an Int8Linear.
+# ----------------------------------------------------------------------------------------------
+# Modes: one precision per network
+# ----------------------------------------------------------------------------------------------
+
+# "int8": fbgemm per-channel (Int8Linear above; needs no compiler). "q8" and "int4": group-wise
+# weights run by our kernel (lowbit.py), with whole decode steps in one call (lowbit.StackKernel).
+PRECISIONS = ("float", "int8", "q8", "int4")
+NETWORKS = ("talker", "predictor")
+# Named modes. "int4" is the fastest measured on CPU (issue 13 notes): int4 for both networks.
+MODES = {"int8": ("int8", "int8"), "q8": ("q8", "q8"), "int4": ("int4", "int4")}
+
+
+@dataclass(frozen=True)
+class QuantizeSpec:
+    """The precision of the talker's and the code predictor's linears."""
+
+    talker: str = "float"
+    predictor: str = "float"
+
+    def __str__(self) -> str:
+        for name, (t, p) in MODES.items():
+            if (t, p) == (self.talker, self.predictor):
+                return name
+        return f"talker={self.talker},predictor={self.predictor}"
+
+    def precision_of(self, name: str) -> str:
+        """Precision of the talker's linear `name` (a name inside the talker module)."""
+        return self.predictor if name.startswith("code_predictor.") else self.talker
+
+    @property
+    def uses_kernel(self) -> bool:
+        return bool({self.talker, self.predictor} & {"q8", "int4"})
+
+
+def parse_quantize(value) -> Optional[QuantizeSpec]:
+    """None / "none" / "float" -> None; "int8", "q8", "int4"; or per network, e.g.
+    "talker=int4,predictor=q8" (a network not named stays float). A QuantizeSpec passes through."""
+    if isinstance(value, QuantizeSpec):
+        spec = value
+    elif value in (None, "none", "float"):
+        return None
+    elif not isinstance(value, str):
+        raise QuantizationError(f"quantize must be a string, got {type(value).__name__}")
+    elif value in MODES:
+        spec = QuantizeSpec(*MODES[value])
+    else:
+        parts = {}
+        for item in value.split(","):
+            network, sep, precision = item.strip().partition("=")
+            if not sep or network not in NETWORKS or precision not in PRECISIONS or network in parts:
+                raise QuantizationError(
+                    f"unknown quantize '{value}': expected one of none, {', '.join(MODES)}, or per network "
+                    f"'talker=P,predictor=P' with P one of {', '.join(PRECISIONS)}"
+                )
+            parts[network] = precision
+        spec = QuantizeSpec(parts.get("talker", "float"), parts.get("predictor", "float"))
+    if (spec.talker, spec.predictor) == ("float", "float"):
+        return None
+    if spec.uses_kernel:
+        lowbit.kernels()  # refuse now, in one line, where the kernel cannot be built
+    return spec
+
+
+def quantized_linear(linear: nn.Linear, precision: str, kernel: Literal["dynamic", "weight_only"]) -> nn.Module:
+    """`linear` at `precision` ("float" returns it; a low-bit one it cannot hold stays int8)."""
+    if precision == "float":
+        return linear
+    if precision in ("q8", "int4") and lowbit.LowBitLinear.supports(linear):
+        return lowbit.LowBitLinear.from_linear(linear, bits=4 if precision == "int4" else 8)
+    return Int8Linear(linear, kernel)
+
+
+def quantize_(module: nn.Module, quantize="int8", kernel: Kernel = "auto") -> nn.Module:
+    """Replace, in place, the talker's and code predictor's linears (not the codec head) by their
+    quantised form under `quantize` (a mode name or per-network spec, see parse_quantize).
 
     Pass the talker (the code predictor is inside it) or a whole TTSNetworks (only its talker is
-    quantised: the speaker encoder runs once per voice). CPU only. Quantising twice is an error.
-    `kernel`: "auto" (dynamic where torch has the x86/fbgemm engine, else weight_only)."""
+    quantised: the speaker encoder runs once per voice). CPU only. Quantising twice is an error."""
     given = module
     # A TTSNetworks is recognised by its `talker` rather than by class: model.py imports this module,
     # so importing model.py here would be an import cycle.
     if isinstance(getattr(module, "talker", None), nn.Module):
         module = module.talker
-    if any(isinstance(m, Int8Linear) for m in module.modules()):
-        raise QuantizationError("this module is already quantised to int8")
+    if any(isinstance(m, (Int8Linear, lowbit.LowBitLinear)) for m in module.modules()):
+        raise QuantizationError("this module is already quantised")
     devices = {p.device.type for p in module.parameters()}
     if devices - {"cpu"}:
-        raise QuantizationError(f"int8 quantisation is CPU-only; this module is on {', '.join(sorted(devices))}")
+        raise QuantizationError(f"quantisation is CPU-only; this module is on {', '.join(sorted(devices))}")
+    spec = parse_quantize(quantize)
+    if spec is None:
+        return given
     kernel = resolve_kernel(kernel)
     for name in int8_targets(module):  # by name, so that no local keeps a float weight alive past the trim below
-        replace_linear(module, name, Int8Linear(module.get_submodule(name), kernel))
+        replace_linear(module, name, quantized_linear(module.get_submodule(name), spec.precision_of(name), kernel))
+    lowbit.use_stack_kernels_(module)
     release_freed_memory()
     return given
+
+
+def quantize_int8_(module: nn.Module, kernel: Kernel = "auto") -> nn.Module:
+    """`quantize_(module, "int8", kernel)`: every linear of the talker and code predictor except the
+    codec head becomes an Int8Linear. `kernel`: "auto" (dynamic where torch has the x86/fbgemm
+    engine, else weight_only)."""
+    return quantize_(module, "int8", kernel)
 
 
 def resolve_kernel(kernel: Kernel) -> Literal["dynamic", "weight_only"]:
@@ -208,8 +293,8 @@ def native_bf16_cpu() -> bool:
 
 
 def linear_weight_bytes(module: nn.Module) -> tuple[int, int]:
-    """(bytes of int8 linears, bytes the same linears took as fp32), for reports and tests."""
-    layers = [m for m in module.modules() if isinstance(m, Int8Linear)]
+    """(bytes of quantised linears, bytes the same linears took as fp32), for reports and tests."""
+    layers = [m for m in module.modules() if isinstance(m, (Int8Linear, lowbit.LowBitLinear))]
     return sum(m.weight_bytes() for m in layers), sum(4 * m.in_features * m.out_features for m in layers)
 
 
@@ -263,4 +348,13 @@ def apply_default_threads() -> int:
     return torch.get_num_threads()
 
 
-__all__ = ["Int8Linear", "QuantizationError", "apply_default_threads", "default_threads", "quantize_int8_"]
+__all__ = [
+    "Int8Linear",
+    "QuantizationError",
+    "QuantizeSpec",
+    "apply_default_threads",
+    "default_threads",
+    "parse_quantize",
+    "quantize_",
+    "quantize_int8_",
+]

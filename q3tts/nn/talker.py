@@ -59,6 +59,9 @@ class Talker(nn.Module):
         self.text_projection = TextProjection(cfg.text_hidden_size, cfg.hidden_size)
         self.codec_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.code_predictor = CodePredictor(cfg.code_predictor, cfg.hidden_size)
+        # Set by lowbit.use_stack_kernels_ when every layer's linears are low-bit: one-token decode
+        # steps then run as one kernel call (lowbit.StackKernel); prefill stays on the modules.
+        self.stack_kernel = None
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [..., T] -> text-track vectors [..., T, hidden]. The table may be stored narrower
@@ -84,6 +87,12 @@ class Talker(nn.Module):
         input_pos: Optional[torch.Tensor] = None,  # [T] cache slots
     ) -> torch.Tensor:
         """Returns the final normed hidden states [B, T, hidden]; `codec_head` turns them into logits."""
+        if (self.stack_kernel is not None and embeds.shape[1] == 1 and caches is not None and input_pos is not None
+                and input_pos.dim() == 2 and mask is not None and mask.shape[2] == 1):  # fmt: skip
+            # A decode step: each row writes its own slot and sees the slots its mask row allows.
+            x = self.stack_kernel(embeds[:, 0], [c.k for c in caches], [c.v for c in caches], input_pos[:, 0],
+                                  positions[:, 0], mask[:, 0, 0], mask.shape[-1], 1)  # fmt: skip
+            return self.model.norm(x.to(embeds.dtype))[:, None]
         rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
         x = embeds
         for i, layer in enumerate(self.model.layers):

@@ -1,0 +1,450 @@
+// Low-bit linears for CPU decoding: y[M, N] = x[M, K] @ W[N, K]^T (+ bias).
+//
+// W is stored 4-bit (int4) or 8-bit (int8) per output channel and group of `group` inputs, with one
+// fp16 scale per (channel, group); x is quantised per row and group to int8 on the fly, so every
+// inner product is an integer dot product (AVX512-VNNI `vpdpbusd`: 64 u8 x s8 products per
+// instruction) and only the per-group sums are scaled in float. Decoding reads every weight once
+// per token, so it is bound by bytes moved: int4 moves half of int8's.
+//
+// Packed layout (see lowbit.py, which writes it): output channels in blocks of 16, and within a
+// block the 16 channels' weights interleaved 4 inputs at a time, so one 64-byte load holds 4
+// inputs of 16 channels and one vpdpbusd multiplies them by 4 broadcast activations:
+//   int8: byte [n/16][k/4][n%16][k%4]                            = q + 128   (u8)
+//   int4: byte [n/16][k/8][n%16][k%4], low nibble k%8 < 4, high nibble k%8 >= 4 = q + 8 (u4)
+//   scales: fp16 [n/16][k/group][n%16]
+// The unsigned offset (128 or 8) is removed per group with the activations' group sums.
+//
+// Registered as torch.ops.q3tts_lowbit.linear; the AVX-512 path is used when the compiler targets
+// it (the module is built with -march=native on the machine that runs it), else a portable path.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && !defined(Q3TTS_PORTABLE)
+#include <immintrin.h>
+#define Q3TTS_AVX512 1
+#endif
+
+namespace {
+
+constexpr int kBlock = 16;  // output channels per block
+
+struct QuantizedRows {
+  std::vector<int8_t> q;      // [M, K]
+  std::vector<float> scale;   // [M, K / group]
+  std::vector<int32_t> sum;   // [M, K / group]: sum of q over the group, times the weight offset
+};
+
+// Symmetric int8 per (row, group): the largest magnitude maps to 127.
+QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, int32_t offset) {
+  const int64_t G = K / group;
+  QuantizedRows r{std::vector<int8_t>(M * K), std::vector<float>(M * G), std::vector<int32_t>(M * G)};
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t g = 0; g < G; ++g) {
+      const float* src = x + m * K + g * group;
+      float amax = 0.f;
+      for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::fabs(src[i]));
+      const float scale = amax / 127.f;
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      int32_t s = 0;
+      int8_t* dst = r.q.data() + m * K + g * group;
+      for (int64_t i = 0; i < group; ++i) {
+        const int32_t v = static_cast<int32_t>(std::nearbyint(src[i] * inv));
+        dst[i] = static_cast<int8_t>(v);
+        s += v;
+      }
+      r.scale[m * G + g] = scale;
+      r.sum[m * G + g] = s * offset;
+    }
+  }
+  return r;
+}
+
+inline float half_to_float(uint16_t h) {
+  return c10::detail::fp16_ieee_to_fp32_value(h);
+}
+
+// Portable path: the same integer arithmetic, one channel at a time.
+void linear_portable(const QuantizedRows& xq, int64_t m0, int64_t m1, const uint8_t* w, const uint16_t* scales,
+                     int64_t K, int64_t group, int bits, int64_t nb0, int64_t nb1, float* y, int64_t N) {
+  const int64_t G = K / group;
+  const int32_t offset = bits == 4 ? 8 : 128;
+  const int64_t block_bytes = bits == 4 ? K * kBlock / 2 : K * kBlock;
+  for (int64_t nb = nb0; nb < nb1; ++nb) {
+    const uint8_t* wb = w + nb * block_bytes;
+    const uint16_t* sb = scales + nb * G * kBlock;
+    for (int64_t m = m0; m < m1; ++m) {
+      const int8_t* xr = xq.q.data() + m * K;
+      for (int lane = 0; lane < kBlock; ++lane) {
+        float acc = 0.f;
+        for (int64_t g = 0; g < G; ++g) {
+          int32_t dot = 0;
+          for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+            int32_t u;
+            if (bits == 4) {
+              const uint8_t byte = wb[((k / 8) * kBlock + lane) * 4 + (k % 4)];
+              u = (k % 8) < 4 ? (byte & 0xF) : (byte >> 4);
+            } else {
+              u = wb[((k / 4) * kBlock + lane) * 4 + (k % 4)];
+            }
+            dot += u * xr[k];
+          }
+          (void)offset;
+          acc += half_to_float(sb[g * kBlock + lane]) * xq.scale[m * G + g] * float(dot - xq.sum[m * G + g]);
+        }
+        y[m * N + nb * kBlock + lane] = acc;
+      }
+    }
+  }
+}
+
+#ifdef Q3TTS_AVX512
+// MB rows x NB channel blocks per pass: NB independent accumulator chains hide vpdpbusd's latency
+// at one row, and the NB blocks' weights are reused from registers for every row.
+template <int MB, int NB, int BITS>
+void linear_tile(const QuantizedRows& xq, int64_t m0, const uint8_t* w, const uint16_t* scales, int64_t K,
+                 int64_t group, int64_t nb0, float* y, int64_t N) {
+  const int64_t G = K / group;
+  const int64_t block_bytes = BITS == 4 ? K * kBlock / 2 : K * kBlock;
+  const int64_t loads_per_group = BITS == 4 ? group / 8 : group / 4;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[MB][NB];
+  for (int m = 0; m < MB; ++m)
+    for (int b = 0; b < NB; ++b) acc[m][b] = _mm512_setzero_ps();
+  const int8_t* xrow[MB];
+  for (int m = 0; m < MB; ++m) xrow[m] = xq.q.data() + (m0 + m) * K;
+  for (int64_t g = 0; g < G; ++g) {
+    __m512i dot[MB][NB];
+    for (int m = 0; m < MB; ++m)
+      for (int b = 0; b < NB; ++b) dot[m][b] = _mm512_setzero_si512();
+    for (int64_t j = 0; j < loads_per_group; ++j) {
+      const int64_t step = g * loads_per_group + j;  // index of the 64-byte load within the block
+      for (int b = 0; b < NB; ++b) {
+        const __m512i wv = _mm512_loadu_si512(w + (nb0 + b) * block_bytes + step * 64);
+        if (BITS == 4) {
+          const __m512i lo = _mm512_and_si512(wv, low4);
+          const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), low4);
+          for (int m = 0; m < MB; ++m) {
+            int32_t x_lo, x_hi;
+            std::memcpy(&x_lo, xrow[m] + step * 8, 4);
+            std::memcpy(&x_hi, xrow[m] + step * 8 + 4, 4);
+            dot[m][b] = _mm512_dpbusd_epi32(dot[m][b], lo, _mm512_set1_epi32(x_lo));
+            dot[m][b] = _mm512_dpbusd_epi32(dot[m][b], hi, _mm512_set1_epi32(x_hi));
+          }
+        } else {
+          for (int m = 0; m < MB; ++m) {
+            int32_t xv;
+            std::memcpy(&xv, xrow[m] + step * 4, 4);
+            dot[m][b] = _mm512_dpbusd_epi32(dot[m][b], wv, _mm512_set1_epi32(xv));
+          }
+        }
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      const __m512 ws = _mm512_cvtph_ps(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + ((nb0 + b) * G + g) * kBlock)));
+      for (int m = 0; m < MB; ++m) {
+        const int64_t mg = (m0 + m) * G + g;
+        const __m512i centred = _mm512_sub_epi32(dot[m][b], _mm512_set1_epi32(xq.sum[mg]));
+        acc[m][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(centred), _mm512_mul_ps(ws, _mm512_set1_ps(xq.scale[mg])),
+                                    acc[m][b]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(y + (m0 + m) * N + (nb0 + b) * kBlock, acc[m][b]);
+}
+
+template <int BITS>
+void linear_avx512(const QuantizedRows& xq, int64_t M, const uint8_t* w, const uint16_t* scales, int64_t K,
+                   int64_t group, int64_t nb0, int64_t nb1, float* y, int64_t N) {
+  // One row: 4 blocks in flight. Several rows: 4 rows x 2 blocks (16 accumulators + 16 dot registers).
+  int64_t nb = nb0;
+  if (M == 1) {
+    for (; nb + 4 <= nb1; nb += 4) linear_tile<1, 4, BITS>(xq, 0, w, scales, K, group, nb, y, N);
+    for (; nb < nb1; ++nb) linear_tile<1, 1, BITS>(xq, 0, w, scales, K, group, nb, y, N);
+    return;
+  }
+  for (; nb < nb1; nb += 2) {
+    const bool pair = nb + 2 <= nb1;
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) {
+      if (pair) linear_tile<4, 2, BITS>(xq, m, w, scales, K, group, nb, y, N);
+      else linear_tile<4, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    }
+    for (; m < M; ++m) {
+      if (pair) linear_tile<1, 2, BITS>(xq, m, w, scales, K, group, nb, y, N);
+      else linear_tile<1, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    }
+    if (!pair) break;
+  }
+}
+#endif
+
+at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t out_features,
+                         int64_t group, int64_t bits, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8");
+  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu(), "lowbit linear runs on CPU");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && scales.scalar_type() == at::kHalf, "packed u8 and fp16 scales");
+  const int64_t K = x.size(-1), N = out_features;
+  TORCH_CHECK(group % 8 == 0 && K % group == 0 && N % kBlock == 0, "K must be a multiple of group, N of 16");
+  TORCH_CHECK(packed.numel() == (bits == 4 ? N * K / 2 : N * K), "packed weights do not match the shape");
+  auto sizes = x.sizes().vec();
+  const at::Tensor rows = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  const int64_t M = rows.size(0);
+  sizes.back() = N;
+  at::Tensor y = at::empty({M, N}, rows.options());
+  if (M == 0) return y.reshape(sizes).to(x.scalar_type());
+  const QuantizedRows xq = quantize_rows(rows.data_ptr<float>(), M, K, group, bits == 4 ? 8 : 128);
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const at::Tensor sc = scales.contiguous();
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>());
+  float* out = y.data_ptr<float>();
+  const int64_t blocks = N / kBlock;
+  // Grain: at least 8 blocks (128 channels) per task, so a thread's share is worth its hand-off.
+  at::parallel_for(0, blocks, 8, [&](int64_t b0, int64_t b1) {
+#ifdef Q3TTS_AVX512
+    if (bits == 4) linear_avx512<4>(xq, M, w, s, K, group, b0, b1, out, N);
+    else linear_avx512<8>(xq, M, w, s, K, group, b0, b1, out, N);
+#else
+    linear_portable(xq, 0, M, w, s, K, group, static_cast<int>(bits), b0, b1, out, N);
+#endif
+  });
+  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+  return y.reshape(sizes).to(x.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A whole decoder stack's step (Qwen3 layers, one or a few tokens per row), in one call
+// ---------------------------------------------------------------------------------------------
+// Decoding one token runs ~30 small ops per layer (norms, RoPE, cache writes, attention, SiLU,
+// residuals) around the 7 linears; through ATen each costs microseconds of dispatch, which for the
+// code predictor's 15 passes of 5 layers per frame was as much time as the int4 linears themselves.
+// Here they are plain loops over a few thousand floats, and q/k/v (and gate/up) run as one
+// parallel region.
+
+struct Packed {
+  const uint8_t* w;
+  const uint16_t* s;
+  int64_t N, K;
+};
+
+struct Output {
+  Packed p;
+  float* y;  // [R, N]
+};
+
+Packed packed_of(const at::Tensor& w, const at::Tensor& s, int64_t K, int bits) {
+  const int64_t N = (bits == 4 ? w.numel() * 2 : w.numel()) / K;
+  return Packed{w.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(s.data_ptr<at::Half>()), N, K};
+}
+
+// y_j = x @ W_j^T for every output j, the blocks of all outputs shared out as one parallel range.
+void linears(const QuantizedRows& xq, int64_t R, const std::vector<Output>& outs, int bits, int64_t group) {
+  std::vector<int64_t> start(outs.size() + 1, 0);
+  for (size_t j = 0; j < outs.size(); ++j) start[j + 1] = start[j] + outs[j].p.N / kBlock;
+  at::parallel_for(0, start.back(), 8, [&](int64_t b0, int64_t b1) {
+    for (size_t j = 0; j < outs.size(); ++j) {
+      const int64_t lo = std::max(b0, start[j]) - start[j], hi = std::min(b1, start[j + 1]) - start[j];
+      if (lo >= hi) continue;
+      const Output& o = outs[j];
+#ifdef Q3TTS_AVX512
+      if (bits == 4) linear_avx512<4>(xq, R, o.p.w, o.p.s, o.p.K, group, lo, hi, o.y, o.p.N);
+      else linear_avx512<8>(xq, R, o.p.w, o.p.s, o.p.K, group, lo, hi, o.y, o.p.N);
+#else
+      linear_portable(xq, 0, R, o.p.w, o.p.s, o.p.K, group, bits, lo, hi, o.y, o.p.N);
+#endif
+    }
+  });
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+#ifdef Q3TTS_AVX512
+  if (n % 16 == 0) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    return _mm512_reduce_add_ps(acc);
+  }
+#endif
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// out = x / rms(x) * weight, in place over `n` floats.
+inline void rms_norm(float* x, const float* weight, int64_t n, float eps) {
+  const float inv = 1.f / std::sqrt(dot(x, x, n) / float(n) + eps);
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] * inv * weight[i];
+}
+
+inline void rms_norm_to(const float* x, float* out, const float* weight, int64_t n, float eps) {
+  std::memcpy(out, x, n * sizeof(float));
+  rms_norm(out, weight, n, eps);
+}
+
+// Rotate-half RoPE (pairs i and i + D/2) at `position`, with the model's inverse frequencies.
+inline void rope(float* x, const float* inv_freq, int64_t D, int64_t position) {
+  const int64_t half = D / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float f = float(position) * inv_freq[i];
+    const float c = std::cos(f), s = std::sin(f);
+    const float a = x[i], b = x[i + half];
+    x[i] = a * c - b * s;
+    x[i + half] = b * c + a * s;
+  }
+}
+
+at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorList k_caches,
+                      at::TensorList v_caches, const at::Tensor& slots, const at::Tensor& positions,
+                      const c10::optional<at::Tensor>& valid, int64_t width, int64_t tokens, const at::Tensor& inv_freq,
+                      int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t bits, int64_t group, double eps_d) {
+  constexpr int kParams = 18;  // per layer, in this order (see lowbit.py stack_params)
+  const int64_t L = static_cast<int64_t>(params.size()) / kParams;
+  TORCH_CHECK(L * kParams == static_cast<int64_t>(params.size()) && L == static_cast<int64_t>(k_caches.size()),
+              "params/caches do not describe the same number of layers");
+  const float eps = static_cast<float>(eps_d);
+  at::Tensor x = x_in.to(at::kFloat).contiguous().clone();
+  const int64_t R = x.size(0), H = x.size(1), D = head_dim, T = tokens;
+  const int64_t QD = heads * D, KD = kv_heads * D, group_heads = heads / kv_heads;
+  const int64_t S = k_caches[0].size(2);
+  for (int64_t l = 0; l < L; ++l) {
+    for (const at::Tensor& c : {k_caches[l], v_caches[l]}) {
+      TORCH_CHECK(c.scalar_type() == at::kFloat && c.dim() == 4 && c.stride(3) == 1 && c.stride(2) == head_dim &&
+                      c.size(1) == kv_heads && c.size(2) == S,
+                  "caches must be float32 [B, kv_heads, S, head_dim] with contiguous slots");
+    }
+  }
+  TORCH_CHECK(slots.scalar_type() == at::kLong && positions.scalar_type() == at::kLong &&
+                  slots.is_contiguous() && positions.is_contiguous() && slots.numel() == x_in.size(0) &&
+                  positions.numel() == x_in.size(0), "slots and positions: one int64 per row");
+  TORCH_CHECK(!valid.has_value() || !valid->defined() ||
+                  (valid->scalar_type() == at::kBool && valid->stride(1) == 1 && width <= S),
+              "valid: bool [B, >= width] with contiguous slots");
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const bool* vis = valid.has_value() && valid->defined() ? valid->data_ptr<bool>() : nullptr;
+  const int64_t vis_stride = vis ? valid->stride(0) : 0;
+  const float* freq = inv_freq.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(float(D));
+  const int64_t I = params[12].numel() * (bits == 4 ? 2 : 1) / H;  // gate rows
+  std::vector<float> h(R * H), q(R * QD), k(R * KD), v(R * KD), att(R * QD), gate(R * I), up(R * I), o(R * H);
+  float* xs = x.data_ptr<float>();
+  for (int64_t l = 0; l < L; ++l) {
+    auto P = [&](int i) -> const at::Tensor& { return params[l * kParams + i]; };
+    const float* ln1 = P(0).data_ptr<float>();
+    const float* qn = P(7).data_ptr<float>();
+    const float* kn = P(8).data_ptr<float>();
+    const float* ln2 = P(11).data_ptr<float>();
+    for (int64_t r = 0; r < R; ++r) rms_norm_to(xs + r * H, h.data() + r * H, ln1, H, eps);
+    QuantizedRows hq = quantize_rows(h.data(), R, H, group, bits == 4 ? 8 : 128);
+    linears(hq, R,
+            {Output{packed_of(P(1), P(2), H, bits), q.data()}, Output{packed_of(P(3), P(4), H, bits), k.data()},
+             Output{packed_of(P(5), P(6), H, bits), v.data()}},
+            bits, group);
+    // Norm and rotate q and k, write k and v into the cache at each row's slot.
+    float* kc = k_caches[l].data_ptr<float>();
+    float* vc = v_caches[l].data_ptr<float>();
+    const int64_t row_stride = k_caches[l].stride(0), head_stride = k_caches[l].stride(1);
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t b = r / T;
+      for (int64_t hh = 0; hh < heads; ++hh) {
+        rms_norm(q.data() + r * QD + hh * D, qn, D, eps);
+        rope(q.data() + r * QD + hh * D, freq, D, pos[r]);
+      }
+      for (int64_t hh = 0; hh < kv_heads; ++hh) {
+        float* kr = k.data() + r * KD + hh * D;
+        rms_norm(kr, kn, D, eps);
+        rope(kr, freq, D, pos[r]);
+        std::memcpy(kc + b * row_stride + hh * head_stride + slot[r] * D, kr, D * sizeof(float));
+        std::memcpy(vc + b * row_stride + hh * head_stride + slot[r] * D, v.data() + r * KD + hh * D,
+                    D * sizeof(float));
+      }
+    }
+    // Attention of every (row, head): over the slots the row may see.
+    at::parallel_for(0, R * heads, 4, [&](int64_t i0, int64_t i1) {
+      std::vector<float> p(S);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = i / heads, hh = i % heads, b = r / T, kvh = hh / group_heads;
+        const float* qr = q.data() + r * QD + hh * D;
+        const float* kb = kc + b * row_stride + kvh * head_stride;
+        const float* vb = vc + b * row_stride + kvh * head_stride;
+        const int64_t end = vis ? width : slot[r] + 1;
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < end; ++s) {
+          if (vis && !vis[b * vis_stride + s]) {
+            p[s] = -INFINITY;
+            continue;
+          }
+          p[s] = dot(qr, kb + s * D, D) * scale;
+          mx = std::max(mx, p[s]);
+        }
+        float total = 0.f;
+        for (int64_t s = 0; s < end; ++s) {
+          p[s] = p[s] == -INFINITY ? 0.f : std::exp(p[s] - mx);
+          total += p[s];
+        }
+        float* out = att.data() + r * QD + hh * D;
+        std::fill(out, out + D, 0.f);
+        for (int64_t s = 0; s < end; ++s) {
+          if (p[s] == 0.f) continue;
+          const float w = p[s] / total;
+          const float* vs = vb + s * D;
+          for (int64_t d = 0; d < D; ++d) out[d] += w * vs[d];
+        }
+      }
+    });
+    QuantizedRows aq = quantize_rows(att.data(), R, QD, group, bits == 4 ? 8 : 128);
+    linears(aq, R, {Output{packed_of(P(9), P(10), QD, bits), o.data()}}, bits, group);
+    for (int64_t i = 0; i < R * H; ++i) xs[i] += o[i];
+    for (int64_t r = 0; r < R; ++r) rms_norm_to(xs + r * H, h.data() + r * H, ln2, H, eps);
+    hq = quantize_rows(h.data(), R, H, group, bits == 4 ? 8 : 128);
+    linears(hq, R,
+            {Output{packed_of(P(12), P(13), H, bits), gate.data()}, Output{packed_of(P(14), P(15), H, bits), up.data()}},
+            bits, group);
+    for (int64_t i = 0; i < R * I; ++i) {
+      const float g = gate[i];
+      gate[i] = g / (1.f + std::exp(-g)) * up[i];
+    }
+    QuantizedRows gq = quantize_rows(gate.data(), R, I, group, bits == 4 ? 8 : 128);
+    linears(gq, R, {Output{packed_of(P(16), P(17), I, bits), o.data()}}, bits, group);
+    for (int64_t i = 0; i < R * H; ++i) xs[i] += o[i];
+  }
+  (void)S;
+  return x;
+}
+
+bool simd_path() {
+#ifdef Q3TTS_AVX512
+  return true;
+#else
+  return false;
+#endif
+}
+
+int64_t kernel_isa() { return simd_path() ? 512 : 0; }
+
+}  // namespace
+
+// The namespace comes from the build (-DQ3TTS_LIBRARY=...), so that the portable build can be loaded
+// beside the SIMD one in tests; the indirection expands it before TORCH_LIBRARY pastes tokens.
+#define Q3TTS_DEFINE_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define Q3TTS_IMPLEMENT_LIBRARY(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+Q3TTS_DEFINE_LIBRARY(Q3TTS_LIBRARY, m) {
+  m.def("linear(Tensor x, Tensor packed, Tensor scales, int out_features, int group, int bits, Tensor? bias) -> Tensor");
+  m.def("isa() -> int", &kernel_isa);
+  m.def("stack_step(Tensor x, Tensor[] params, Tensor[] k_caches, Tensor[] v_caches, Tensor slots, Tensor positions, "
+        "Tensor? valid, int width, int tokens, Tensor inv_freq, int heads, int kv_heads, int head_dim, int bits, "
+        "int group, float eps) -> Tensor");
+}
+
+Q3TTS_IMPLEMENT_LIBRARY(Q3TTS_LIBRARY, CPU, m) {
+  m.impl("linear", &lowbit_linear);
+  m.impl("stack_step", &stack_step);
+}

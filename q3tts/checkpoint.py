@@ -176,7 +176,11 @@ def load_weights(
                 if target == t.dtype and torch.device(device).type == "cpu":
                     as_stored.append(name)
                 else:
-                    state[name] = t.to(device=device, dtype=target)
+                    # A plain read, so that the file's pages do not stay mapped (and resident) while
+                    # the rest loads: the 0.6B codec's float32 file added 436 MB to the peak RSS.
+                    del t
+                    plain = read_tensor(path, found[name], tuple(ref.shape), header)
+                    state[name] = plain.to(device=device, dtype=target)
         # The mapped tensors come from a second mapping: every page the copies above read stays
         # resident for as long as its mapping lives, and this one has been read by nobody yet.
         with safe_open(str(path), framework="pt", device="cpu") as f:

@@ -53,8 +53,9 @@ class CodePredictor(nn.Module):
         self.stack_kernel = None  # see Talker.stack_kernel
 
     def embed_code(self, codebook: int, ids: torch.Tensor) -> torch.Tensor:
-        """Embedding (talker width) of ids of `codebook` (1..G-1)."""
-        return self.model.codec_embedding[codebook - 1](ids)
+        """Embedding (talker width) of ids of `codebook` (1..G-1). The table may be stored narrower
+        than the model (model.LOOKUP_TABLES): rows are widened to the norms' dtype as looked up."""
+        return self.model.codec_embedding[codebook - 1](ids).to(self.model.norm.weight.dtype)
 
     def forward(
         self,

@@ -69,13 +69,13 @@ class Talker(nn.Module):
         return self.text_projection(self.model.text_embedding(ids).to(self.codec_head.weight.dtype))
 
     def embed_codec(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.codec_embedding(ids)
+        return self.model.codec_embedding(ids).to(self.codec_head.weight.dtype)  # a narrow table: see embed_text
 
     def embed_frame(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [..., G] (all codebooks of a frame) -> the summed codec-track vector [..., hidden]."""
-        out = self.model.codec_embedding(codes[..., 0])
-        for k, emb in enumerate(self.code_predictor.model.codec_embedding):
-            out = out + emb(codes[..., k + 1])
+        out = self.embed_codec(codes[..., 0])
+        for k in range(1, self.cfg.num_code_groups):
+            out = out + self.code_predictor.embed_code(k, codes[..., k])  # each row widened before the sum
         return out
 
     def forward(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from q3tts.api import Qwen3TTS
 from q3tts.generate.prompt import Utterance
 from q3tts.nn import lowbit
-from q3tts.nn.layers import KVCache
+from q3tts.nn.layers import KVCache, causal_mask
 from q3tts.nn.lowbit import LowBitLinear, quantize_groups
 from q3tts.nn.quant import Int8Linear, QuantizationError, QuantizeSpec, linear_weight_bytes, parse_quantize, quantize_
 
@@ -117,6 +117,32 @@ def test_talker_step_equals_the_module_path(lowbit_tts):
         torch.testing.assert_close(a.v, b.v, rtol=1e-4, atol=1e-4)
 
 
+def test_talker_prefill_equals_the_module_path(lowbit_tts):
+    """A left-padded prefill of two prompts (the masks DecodeBatch builds), whole and in two chunks."""
+    talker = lowbit_tts.checkpoint.networks.talker
+    g = torch.Generator().manual_seed(2)
+    T = 11
+    valid = torch.ones(2, T, dtype=torch.bool)
+    valid[1, :4] = False  # the second prompt is 4 tokens shorter
+    x = torch.randn(2, T, talker.cfg.hidden_size, generator=g)
+    positions = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)
+    ar = torch.arange(T)
+
+    def run(chunks):
+        caches, outs, done = talker.new_caches(2, T), [], 0
+        with torch.inference_mode():
+            for end in chunks:
+                mask = causal_mask(ar[done:end], ar[:end], valid[:, :end])
+                outs.append(talker(x[:, done:end], positions[:, done:end], mask, caches, ar[done:end]))
+                done = end
+        return torch.cat(outs, 1), caches
+
+    for chunks in ([T], [6, T]):
+        (fused, fc), (plain, pc) = with_and_without_kernel(talker, lambda c=chunks: run(c))
+        torch.testing.assert_close(fused[valid], plain[valid], rtol=1e-4, atol=1e-4)  # pads' outputs are unused
+        torch.testing.assert_close(fc[-1].k, pc[-1].k, rtol=1e-4, atol=1e-4)
+
+
 def test_code_predictor_steps_equal_the_module_path(lowbit_tts):
     """The frame's first call (2 tokens per row) and a later one (1 token), as predict_rest runs them."""
     cp = lowbit_tts.checkpoint.networks.talker.code_predictor
@@ -134,19 +160,32 @@ def test_code_predictor_steps_equal_the_module_path(lowbit_tts):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+class CountingKernel:
+    """A StackKernel that counts its calls."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, 0
+
+    def takes_head(self, head):
+        return self.kernel.takes_head(head)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.kernel(*args, **kwargs)
+
+
 def test_generation_runs_on_the_one_call_steps(lowbit_tts):
-    talker = lowbit_tts.checkpoint.networks.talker
-    calls = []
-    kernel = talker.code_predictor.stack_kernel
-    talker.code_predictor.stack_kernel = lambda *a: calls.append(1) or kernel(*a)
+    cp = lowbit_tts.checkpoint.networks.talker.code_predictor
+    kernel = cp.stack_kernel
+    cp.stack_kernel = counting = CountingKernel(kernel)
     try:
         codes = codes_of(lowbit_tts, ["Hello there.", "A longer sentence, for a second row."])
     finally:
-        talker.code_predictor.stack_kernel = kernel
+        cp.stack_kernel = kernel
     frames = max(c.shape[0] for c in codes)
     # every code-predictor pass of every step went through the kernel (the step that hits
     # max_new_tokens runs but yields no frame)
-    assert len(calls) in (15 * frames, 15 * (frames + 1))
+    assert counting.calls in (15 * frames, 15 * (frames + 1))
     assert all(c.shape[1] == 16 and c.min() >= 0 for c in codes)
 
 

@@ -322,7 +322,7 @@ def test_q3tts_serve_help(capsys):
 def test_bad_settings_are_one_line(capsys, monkeypatch):
     from q3tts.cli import main
 
-    assert main(["serve", "--model", "m", "--max-batch", "0", "--quantize", "int4"]) == 2
+    assert main(["serve", "--model", "m", "--max-batch", "0", "--quantize", "int3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("q3tts serve: error: ")
     assert "max_batch: Input should be greater than or equal to 1" in err and "quantize: " in err

@@ -58,8 +58,9 @@ def _synthesis_parent() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")  # fmt: skip
-    p.add_argument("--quantize", choices=("none", "int8"), default="none",
-                   help="int8 weights for the talker and code predictor (CPU: about 3x less memory traffic)")  # fmt: skip
+    p.add_argument("--quantize", default="none",
+                   help="CPU weights for the talker and code predictor: int8 (no compiler needed), q8, int4 "
+                        "(fastest), or per network 'talker=int4,predictor=q8' (see README, CPU modes)")  # fmt: skip
     g = p.add_argument_group("generation")
     g.add_argument("--seed", type=int, help="seed the sampler, for repeatable output")
     g.add_argument("--greedy", action="store_true", help="no sampling: argmax for every codebook")

@@ -96,16 +96,13 @@ class Engine:
         caches = caches if caches is not None else cp.new_caches(code0.shape[0])
         x = torch.stack([hidden, self.talker.embed_codec(code0)], dim=1)
         positions = self.predictor_positions
-        pos = positions[:2]
-        h = cp(x, pos, caches, pos)[:, -1]
         codes = [code0]
         for g in range(1, self.groups):
-            nxt = pick(cp.lm_head[g - 1](h).float(), g)
-            codes.append(nxt)
-            if g == self.groups - 1:
-                break
-            pos = positions[g + 1 : g + 2]
-            h = cp(cp.embed_code(g, nxt)[:, None], pos, caches, pos)[:, -1]
+            # Pass g reads positions [0, g] (the first pass feeds two) and head g-1 picks codebook g.
+            pos = positions[:2] if g == 1 else positions[g : g + 1]
+            if g > 1:
+                x = cp.embed_code(g - 1, codes[-1])[:, None]
+            codes.append(pick(cp.head_logits(x, pos, caches, g - 1).float(), g))
         return torch.stack(codes, dim=1)
 
     def code0_scores_rows(self, logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor,

@@ -85,6 +85,19 @@ class CodePredictor(nn.Module):
             x = layer(x, rope, mask, caches[i] if caches is not None else None, input_pos)
         return self.model.norm(x)
 
+    def head_logits(
+        self, embeds: torch.Tensor, positions: torch.Tensor, caches: list[KVCache], head: int
+    ) -> torch.Tensor:
+        """Logits [B, V] of `lm_head[head]` on the last of `embeds`' positions (one pass of a frame,
+        cache slots = positions). With the stack kernel the norm and the head run inside it."""
+        if self.stack_kernel is not None and self.stack_kernel.takes_head(self.lm_head[head]):
+            B, T, _ = embeds.shape
+            x = self.small_to_mtp_projection(embeds).reshape(B * T, -1)
+            pos = positions if B == 1 else positions.repeat(B)
+            return self.stack_kernel(x, [c.k for c in caches], [c.v for c in caches], pos, pos, None, 0, T,
+                                     self.model.norm.weight, self.lm_head[head])  # fmt: skip
+        return self.lm_head[head](self(embeds, positions, caches, positions)[:, -1])
+
     def new_caches(self, batch: int, device=None, dtype=None) -> list[KVCache]:
         w = self.model.norm.weight  # never quantised: the cache's device and dtype
         length = self.cfg.num_code_groups + 1

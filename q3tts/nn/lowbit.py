@@ -216,9 +216,10 @@ class StackKernel:
     """One decode step of a stack of Qwen3 layers whose linears are all LowBitLinear, in one kernel
     call (norms, RoPE, cache writes, attention and the MLP included). The final norm stays outside.
 
-    Rows are (batch row, token) pairs. `valid` [B, >= width] bool: the cache slots each batch row
-    sees (the talker: holes and other rows' lengths); None: each row sees slots [0, its own slot]
-    (the code predictor's per-frame prefix)."""
+    Rows are (batch row, token) pairs, row r = b * tokens + t, writing its k/v at cache row b, slot
+    `slots[r]`. `valid` [rows, >= width] bool: the cache slots each row sees (the talker's masks:
+    causal, padding, holes); None: each row sees slots [0, its own slot] (the code predictor's
+    per-frame prefix)."""
 
     def __init__(self, layers: nn.ModuleList, heads: int, kv_heads: int, head_dim: int, eps: float, theta: float):
         bits_group = stack_kernel_applies(layers)
@@ -230,12 +231,21 @@ class StackKernel:
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self._ops = kernels()
 
+    def takes_head(self, head: nn.Module) -> bool:
+        return isinstance(head, LowBitLinear) and head.group == self.group and head.bias is None
+
     def __call__(self, x: torch.Tensor, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor],
                  slots: torch.Tensor, positions: torch.Tensor, valid: Optional[torch.Tensor], width: int,
-                 tokens: int) -> torch.Tensor:  # fmt: skip
+                 tokens: int, final_norm: Optional[torch.Tensor] = None,
+                 head: Optional["LowBitLinear"] = None) -> torch.Tensor:  # fmt: skip
+        """The stack's output [rows, hidden]; with `final_norm` (float32) and `head` (a LowBitLinear without
+        bias, of this stack's group), the head's logits [B, V] on each batch row's last token."""
+        extra = ()
+        if head is not None:
+            extra = (final_norm, head.weight_packed, head.weight_scales, head.bits)
         return self._ops.stack_step(x, self.params, k_caches, v_caches, slots.contiguous(), positions.contiguous(),
                                     valid, width, tokens, self.inv_freq, self.heads, self.kv_heads, self.head_dim,
-                                    self.bits, self.group, self.eps)  # fmt: skip
+                                    self.bits, self.group, self.eps, *extra)  # fmt: skip
 
 
 def use_stack_kernels_(talker: nn.Module) -> list[str]:

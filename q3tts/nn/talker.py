@@ -87,12 +87,15 @@ class Talker(nn.Module):
         input_pos: Optional[torch.Tensor] = None,  # [T] cache slots
     ) -> torch.Tensor:
         """Returns the final normed hidden states [B, T, hidden]; `codec_head` turns them into logits."""
-        if (self.stack_kernel is not None and embeds.shape[1] == 1 and caches is not None and input_pos is not None
-                and input_pos.dim() == 2 and mask is not None and mask.shape[2] == 1):  # fmt: skip
-            # A decode step: each row writes its own slot and sees the slots its mask row allows.
-            x = self.stack_kernel(embeds[:, 0], [c.k for c in caches], [c.v for c in caches], input_pos[:, 0],
-                                  positions[:, 0], mask[:, 0, 0], mask.shape[-1], 1)  # fmt: skip
-            return self.model.norm(x.to(embeds.dtype))[:, None]
+        if self.stack_kernel is not None and caches is not None and input_pos is not None and mask is not None:
+            # Decode steps (each row writes its own slot) and prefills (every row writes slots
+            # `input_pos`): each token sees the cache slots its mask row allows.
+            B, T, _ = embeds.shape
+            slots = input_pos[:, 0] if input_pos.dim() == 2 else input_pos.repeat(B)
+            visible = mask[:, 0].expand(B, T, mask.shape[-1]).reshape(B * T, mask.shape[-1])
+            x = self.stack_kernel(embeds.reshape(B * T, -1), [c.k for c in caches], [c.v for c in caches], slots,
+                                  positions.expand(B, T).reshape(-1), visible, mask.shape[-1], T)  # fmt: skip
+            return self.model.norm(x.to(embeds.dtype)).reshape(B, T, -1)
         rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
         x = embeds
         for i, layer in enumerate(self.model.layers):

@@ -38,7 +38,7 @@ FLAGS = [  # (flag, settings field, type, help)
     ),
     ("--device", "device", str, "auto, cpu, cuda, cuda:1, mps"),
     ("--dtype", "dtype", str, "auto, float32, bfloat16, float16"),
-    ("--quantize", "quantize", str, "int8: int8 talker and code-predictor weights (CPU only)"),
+    ("--quantize", "quantize", str, "CPU weights: int8, q8, int4, or per network 'talker=int4,predictor=q8'"),
     ("--voices-dir", "voices_dir", str, "saved voices (default: as `q3tts voices`, ~/.local/share/q3tts/voices)"),
     (
         "--api-key",

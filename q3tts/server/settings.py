@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ..nn.quant import QuantizationError, parse_quantize
 from ..voices import default_voices_dir
 
 
@@ -26,7 +27,8 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = []
     device: str = "auto"
     dtype: str = "auto"
-    quantize: Optional[Literal["none", "int8"]] = None  # "int8": int8 talker/code-predictor weights (CPU only)
+    # CPU only: "int8", "q8", "int4" or per network ("talker=int4,predictor=q8"); see nn/quant.py
+    quantize: Optional[str] = None
     # Saved (cloned) voices, kept across restarts: the folder `q3tts voices` uses
     # (q3tts/voices.py: $Q3TTS_VOICES_DIR, else $XDG_DATA_HOME/q3tts/voices, else ~/.local/share/q3tts/voices).
     voices_dir: Path = Field(default_factory=default_voices_dir)
@@ -98,6 +100,17 @@ class Settings(BaseSettings):
     @classmethod
     def _split_hosts(cls, value):
         return [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value
+
+    @field_validator("quantize")
+    @classmethod
+    def _check_quantize(cls, value):
+        if value is None:
+            return None
+        try:
+            spec = parse_quantize(value)
+        except QuantizationError as e:
+            raise ValueError(str(e)) from None
+        return None if spec is None else str(spec)
 
     @field_validator("memory_budget", mode="before")
     @classmethod

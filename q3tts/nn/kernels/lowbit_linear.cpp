@@ -181,16 +181,16 @@ void linear_avx512(const QuantizedRows& xq, int64_t M, const uint8_t* w, const u
 #define Q3_MB 4
 #define Q3_NB 3
 #endif
-  for (; nb < nb1; nb += Q3_NB) {
-    const bool full = nb + Q3_NB <= nb1;
+  for (; nb + Q3_NB <= nb1; nb += Q3_NB) {
     int64_t m = 0;
-    if (!full) {
-      for (; nb < nb1; ++nb)
-        for (m = 0; m < M; ++m) linear_tile<1, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
-      break;
-    }
     for (; m + Q3_MB <= M; m += Q3_MB) linear_tile<Q3_MB, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
     for (; m < M; ++m) linear_tile<1, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
+  }
+  // The last one or two blocks of this thread's range, still 4 rows at a time.
+  for (; nb < nb1; ++nb) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) linear_tile<4, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    for (; m < M; ++m) linear_tile<1, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
   }
 }
 #endif
@@ -310,7 +310,9 @@ inline void rope(float* x, const float* cos_sin, int64_t D) {
 at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorList k_caches,
                       at::TensorList v_caches, const at::Tensor& slots, const at::Tensor& positions,
                       const c10::optional<at::Tensor>& valid, int64_t width, int64_t tokens, const at::Tensor& inv_freq,
-                      int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t bits, int64_t group, double eps_d) {
+                      int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t bits, int64_t group, double eps_d,
+                      const c10::optional<at::Tensor>& final_norm, const c10::optional<at::Tensor>& head_packed,
+                      const c10::optional<at::Tensor>& head_scales, int64_t head_bits) {
   constexpr int kParams = 18;  // per layer, in this order (see lowbit.py stack_params)
   const int64_t L = static_cast<int64_t>(params.size()) / kParams;
   TORCH_CHECK(L * kParams == static_cast<int64_t>(params.size()) && L == static_cast<int64_t>(k_caches.size()),
@@ -331,8 +333,9 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
                   slots.is_contiguous() && positions.is_contiguous() && slots.numel() == x_in.size(0) &&
                   positions.numel() == x_in.size(0), "slots and positions: one int64 per row");
   TORCH_CHECK(!valid.has_value() || !valid->defined() ||
-                  (valid->scalar_type() == at::kBool && valid->stride(1) == 1 && width <= S),
-              "valid: bool [B, >= width] with contiguous slots");
+                  (valid->scalar_type() == at::kBool && valid->stride(1) == 1 && width <= S &&
+                   valid->size(0) == x_in.size(0)),
+              "valid: bool [rows, >= width] with contiguous slots");
   const int64_t* slot = slots.data_ptr<int64_t>();
   const int64_t* pos = positions.data_ptr<int64_t>();
   const bool* vis = valid.has_value() && valid->defined() ? valid->data_ptr<bool>() : nullptr;
@@ -393,7 +396,7 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
         const int64_t end = vis ? width : slot[r] + 1;
         float mx = -INFINITY;
         for (int64_t s = 0; s < end; ++s) {
-          if (vis && !vis[b * vis_stride + s]) {
+          if (vis && !vis[r * vis_stride + s]) {
             p[s] = -INFINITY;
             continue;
           }
@@ -431,8 +434,20 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
     linears(gq, R, {Output{packed_of(P(16), P(17), I, bits), o.data()}}, bits, group);
     for (int64_t i = 0; i < R * H; ++i) xs[i] += o[i];
   }
+  if (!(head_packed.has_value() && head_packed->defined())) return x;
+  // The head on each batch row's last token: final norm, then logits [B, V].
+  TORCH_CHECK(final_norm.has_value() && final_norm->defined() && head_scales.has_value() && head_scales->defined(),
+              "a head needs the final norm and its scales");
+  const int64_t B = R / T;
+  std::vector<float> last(B * H);
+  for (int64_t b = 0; b < B; ++b)
+    rms_norm_to(xs + (b * T + T - 1) * H, last.data() + b * H, final_norm->data_ptr<float>(), H, eps);
+  const Packed head = packed_of(*head_packed, *head_scales, H, static_cast<int>(head_bits));
+  at::Tensor logits = at::empty({B, head.N}, x.options());
+  QuantizedRows lq = quantize_rows(last.data(), B, H, group, head_bits == 4 ? 8 : 128);
+  linears(lq, B, {Output{head, logits.data_ptr<float>()}}, static_cast<int>(head_bits), group);
   (void)S;
-  return x;
+  return logits;
 }
 
 bool simd_path() {
@@ -457,7 +472,8 @@ Q3TTS_DEFINE_LIBRARY(Q3TTS_LIBRARY, m) {
   m.def("isa() -> int", &kernel_isa);
   m.def("stack_step(Tensor x, Tensor[] params, Tensor[] k_caches, Tensor[] v_caches, Tensor slots, Tensor positions, "
         "Tensor? valid, int width, int tokens, Tensor inv_freq, int heads, int kv_heads, int head_dim, int bits, "
-        "int group, float eps) -> Tensor");
+        "int group, float eps, Tensor? final_norm=None, Tensor? head_packed=None, Tensor? head_scales=None, "
+        "int head_bits=4) -> Tensor");
 }
 
 Q3TTS_IMPLEMENT_LIBRARY(Q3TTS_LIBRARY, CPU, m) {

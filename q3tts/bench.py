@@ -3,6 +3,7 @@
     q3tts bench --preset 0.6b --kind custom_voice             # writes checkpoints/0.6b-custom_voice once
     q3tts bench --model PATH --frames 64 --batch 4 --quantize int8 --reference --json
     q3tts bench --model PATH --serve --streams 1,4,16 --http   # and the server's path (bench_serve.py)
+    q3tts bench --model PATH --quality int8 --frames 24         # accuracy against float32 (bench_quality.py)
     python -m q3tts.bench ...                                  # the same without the CLI
 
 Every run makes exactly `--frames` frames per row (end of speech is masked for every step:
@@ -99,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Python of an environment with qwen-tts (default: $Q3TTS_REFERENCE_PYTHON, "
                              "else .oracle-venv/bin/python in the current folder)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--quality", metavar="MODE[,MODE...]",
+                        help="instead of speed: each mode's accuracy against float32, teacher-forced over the same "
+                             "--frames (MODE: a from_pretrained quantize= value or none, optionally @CODEC_DTYPE; "
+                             "see bench_quality.py)")  # fmt: skip
     serve = parser.add_argument_group("serving (the scheduler `q3tts serve` runs)")
     serve.add_argument("--serve", action="store_true", help="also measure the server's scheduler, in process")
     serve.add_argument("--streams", help="concurrent streams to measure, e.g. 1,4,16 (the default); implies --serve")
@@ -118,6 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the bench for parsed arguments; prints the report, returns the exit status."""
+    if args.quality is not None:
+        return run_quality(args)
     try:
         ref_python = reference_python(args) if args.reference else None  # before writing any checkpoint
         config = make_config(args)
@@ -130,6 +137,35 @@ def run(args: argparse.Namespace) -> int:
     if http.get("error"):  # the figures measured before it are printed above, not lost
         print(f"q3tts bench: error: http serving: {http['error']}", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    """`--quality MODES`: bench_quality's report for the modes, on the same checkpoint and voice."""
+    from . import bench_quality
+    from .nn.quant import default_threads
+
+    try:
+        others = [flag for flag, on in (("--reference", args.reference), ("--serve", args.serve), ("--http", args.http),
+                                        ("--streams", args.streams is not None),
+                                        ("--quantize", args.quantize != "none")) if on]  # fmt: skip
+        if others:
+            raise BenchError(f"--quality measures its modes on its own; drop {', '.join(others)}")
+        modes = bench_quality.parse_modes(args.quality)
+        if args.frames < 1 or (args.threads is not None and args.threads < 1):
+            raise BenchError("--frames and --threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads or default_threads())
+        report = bench_quality.quality_report(
+            checkpoint_folder(args), modes, frames=args.frames, text=args.text, language=args.language,
+            voice=lambda tts: voice_for(tts, vars(args)), device=args.device,
+            progress=lambda message: print(f"q3tts bench: quality: {message} ...", file=sys.stderr, flush=True),
+        )  # fmt: skip
+    except Q3TTSError as e:
+        print(f"q3tts bench: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_json(), indent=1) if args.json else bench_quality.format_quality(report))
     return 0
 
 

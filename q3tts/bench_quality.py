@@ -82,8 +82,19 @@ class LossyMode:
 
 
 def parse_modes(text: str) -> list[LossyMode]:
-    """ "int8,none@bfloat16" -> the modes, in order."""
-    modes = [LossyMode.parse(part) for part in text.split(",") if part.strip()]
+    """ "int8,none@bfloat16" -> the modes, in order. A per-network spec keeps its own commas:
+    "int4,talker=int4,predictor=q8" is two modes (a network named twice starts a new one)."""
+    parts: list[str] = []
+    named: set[str] = set()  # networks in the per-network spec being read
+    for item in (p.strip() for p in text.split(",")):
+        network = item.partition("=")[0] if "=" in item else None
+        if network is not None and parts and named and network not in named and "@" not in parts[-1]:
+            parts[-1] += "," + item
+            named.add(network)
+        elif item:
+            parts.append(item)
+            named = {network} if network is not None else set()
+    modes = [LossyMode.parse(part) for part in parts]
     if not modes:
         raise InputError("--quality needs at least one mode, e.g. int8")
     return modes

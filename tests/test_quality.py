@@ -20,6 +20,7 @@ from q3tts.bench_quality import (
     teacher_forced_logprobs,
 )
 from q3tts.errors import InputError
+from q3tts.nn import lowbit
 
 FRAMES = 12
 
@@ -88,6 +89,16 @@ def test_int8_and_a_bf16_codec_within_measured_bounds(custom_voice_path):
     assert int8.codec_snr_db == math.inf  # its codec stayed float32
     assert bf16_codec.top1_mean == 1.0 and bf16_codec.kl_mean == 0.0  # float weights
     assert bf16_codec.codec_dtype == "bfloat16" and 18.0 <= bf16_codec.codec_snr_db < math.inf
+
+
+@pytest.mark.skipif(not lowbit.kernel_available(), reason="no C++ compiler to build the low-bit kernel")
+def test_low_bit_modes_within_measured_bounds(custom_voice_path):
+    q8, int4 = quality_report(custom_voice_path, ["q8@float32", "int4@float32"], frames=FRAMES).modes
+    # Measured on this checkpoint at 12 frames: q8 codebook-0 top-1 1.000, mean top-1 0.969, mean
+    # KL 1.8e-4 nats (int8: 0.953, 1.9e-4); int4 0.917, 0.615, 0.023. Random weights are the worst
+    # case for 4 bits; a broken kernel or packing agrees about 1 time in 2048.
+    assert q8.codebooks[0].top1 >= 0.9 and q8.top1_mean >= 0.85 and 0 < q8.kl_mean <= 2e-3
+    assert int4.codebooks[0].top1 >= 0.7 and int4.top1_mean >= 0.45 and 0 < int4.kl_mean <= 0.1
 
 
 def test_bench_quality_on_a_base_model(make_tiny, capsys):

@@ -70,7 +70,20 @@ def torch_checks() -> list[Check]:
         available = bool(mps and mps.is_available())
         out.append(Check("mps", "ok" if available else "--", "available" if available else "not available"))
     out.append(cpu_bf16())
+    out.append(lowbit_kernel())
     return out
+
+
+def lowbit_kernel() -> Check:
+    """The int4/q8 CPU modes need their kernel built (a C++ compiler, once per machine)."""
+    from ..nn import lowbit
+
+    try:
+        isa = lowbit.kernels().isa()
+    except lowbit.KernelUnavailable as e:
+        return Check("int4/q8 kernel", "--", f"{e}")
+    path = "AVX512-VNNI" if isa == 512 else "portable C++ (no AVX512-VNNI: slower than int8 here)"
+    return Check("int4/q8 kernel", "ok", f"built, {path}")
 
 
 def cpu_bf16() -> Check:

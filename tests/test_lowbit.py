@@ -1,5 +1,5 @@
 """The int4 / q8 modes: our CPU kernel against its integer arithmetic written in torch, the SIMD
-build against the portable one, the one-call decode steps against the module path, and the
+build against the narrower ones (AVX2, portable), the one-call decode steps against the module path, and the
 per-network quantize specs."""
 
 from __future__ import annotations
@@ -44,12 +44,30 @@ def test_kernel_computes_its_integer_arithmetic(bits, rows):
     got, want = layer(x), reference_linear(layer, x)
     assert got.shape == (rows, linear.out_features)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    # and the portable C++ path (no SIMD) computes the same
-    portable = lowbit.kernels(portable=True)
-    assert portable.isa() == 0 and lowbit.kernels().isa() in (0, 512)
-    plain = portable.linear(x, layer.weight_packed, layer.weight_scales, layer.out_features, layer.group, bits,
-                            layer.bias)  # fmt: skip
-    torch.testing.assert_close(plain, got, rtol=1e-4, atol=1e-4)
+    assert lowbit.kernels().isa() in (0, 256, 257, 512)
+
+
+NARROWER = {"avx2vnni": 257, "avx2": 256, "portable": 0}
+
+
+@pytest.mark.parametrize("variant", list(NARROWER))
+@pytest.mark.parametrize("bits", [4, 8])
+def test_narrower_builds_compute_the_same(variant, bits):
+    """The AVX2 (with and without AVX-VNNI) and portable paths, built here beside the native one."""
+    if variant != "portable" and lowbit.kernels().isa() < 256:
+        pytest.skip("this CPU has no AVX2")
+    try:
+        ops = lowbit.kernels(variant)
+    except lowbit.KernelUnavailable as e:
+        pytest.skip(str(e))
+    assert ops.isa() == NARROWER[variant]
+    g = torch.Generator().manual_seed(bits)
+    linear = torch.nn.Linear(256, 80, bias=True)  # 5 blocks: the odd tails of every tiling
+    layer = LowBitLinear.from_linear(linear, bits)
+    for rows in (1, 2, 3):
+        x = 3 * torch.randn(rows, 256, generator=g)
+        got = ops.linear(x, layer.weight_packed, layer.weight_scales, layer.out_features, layer.group, bits, layer.bias)
+        torch.testing.assert_close(got, reference_linear(layer, x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("bits, bound", [(4, 0.12), (8, 0.006)])

@@ -82,7 +82,7 @@ def lowbit_kernel() -> Check:
         isa = lowbit.kernels().isa()
     except lowbit.KernelUnavailable as e:
         return Check("int4/q8 kernel", "--", f"{e}")
-    path = "AVX512-VNNI" if isa == 512 else "portable C++ (no AVX512-VNNI: slower than int8 here)"
+    path = {512: "AVX512-VNNI", 257: "AVX2 + AVX-VNNI", 256: "AVX2"}.get(isa, "portable C++ (slow: no AVX2 here)")
     return Check("int4/q8 kernel", "ok", f"built, {path}")
 
 

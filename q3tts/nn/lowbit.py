@@ -47,19 +47,27 @@ def _cpu_fingerprint() -> str:
     return hashlib.sha1(f"{platform.machine()} {flags} {torch.__version__}".encode()).hexdigest()[:10]
 
 
+# Builds besides this machine's best, for the tests: the same source on the narrower paths
+# (kernel_isa in the C++: 512 AVX512-VNNI, 257 AVX2 + AVX-VNNI, 256 AVX2, 0 portable).
+VARIANTS = {
+    "native": ["-march=native"],
+    "avx2vnni": ["-march=native", "-mno-avx512f"],
+    "avx2": ["-march=native", "-mno-avx512f", "-mno-avxvnni"],
+    "portable": ["-DQ3TTS_PORTABLE"],
+}
+
+
 @functools.lru_cache(maxsize=None)
-def kernels(portable: bool = False):
-    """The op namespace (`.linear`, `.isa`), built on first use. `portable`: the plain C++ path
-    (no SIMD), which the tests run beside the SIMD one."""
+def kernels(variant: str = "native"):
+    """The op namespace (`.linear`, `.stack_step`, `.isa`), built on first use. `variant`: one of
+    VARIANTS; the tests run the narrower paths beside this machine's own."""
     from torch.utils import cpp_extension  # imported here: it pulls in setuptools, which loading a model never needs
 
-    namespace = "q3tts_lowbit_portable" if portable else "q3tts_lowbit"
+    namespace = "q3tts_lowbit" if variant == "native" else f"q3tts_lowbit_{variant}"
     name = f"{namespace}_{_cpu_fingerprint()}"
     # -fopenmp: at::parallel_for is inline and runs serially without it; the extension then shares
     # the libgomp torch already loaded (same soname), so it uses torch's thread team.
-    flags = ["-O3", "-fopenmp", f"-DQ3TTS_LIBRARY={namespace}", "-std=c++17"]
-    flags += ["-DQ3TTS_PORTABLE"] if portable else ["-march=native"]
-    flags += os.environ.get("Q3TTS_EXTRA_CFLAGS", "").split()
+    flags = ["-O3", "-fopenmp", f"-DQ3TTS_LIBRARY={namespace}", "-std=c++17", *VARIANTS[variant]]
     try:
         cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                            is_python_module=False,

@@ -29,6 +29,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && !defined(Q3TTS_PORTABLE)
 #include <immintrin.h>
 #define Q3TTS_AVX512 1
+#elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__) && !defined(Q3TTS_PORTABLE)
+#include <immintrin.h>
+#define Q3TTS_AVX2 1  // most laptop CPUs: 256-bit, with AVX-VNNI's vpdpbusd where the CPU has it
 #endif
 
 namespace {
@@ -195,6 +198,123 @@ void linear_avx512(const QuantizedRows& xq, int64_t M, const uint8_t* w, const u
 }
 #endif
 
+#ifdef Q3TTS_AVX2
+// The same packed layout in two 256-bit halves (channels 0-7 and 8-15 of a block).
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#ifdef __AVXVNNI__
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+  // u <= 15 here (int4), so the pair sums of maddubs stay far inside int16.
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+// q8 without VNNI: maddubs would saturate on u8 up to 255, so multiply |x| by the signed weights
+// carrying x's sign, which sums q * x directly (the caller adds back the offset term).
+inline __m256i dot_q8(__m256i acc, __m256i u, __m256i x) {
+#ifdef __AVXVNNI__
+  return _mm256_dpbusd_avx_epi32(acc, u, x);
+#else
+  const __m256i q = _mm256_xor_si256(u, _mm256_set1_epi8(static_cast<char>(0x80)));
+  const __m256i prod = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(q, x));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)));
+#endif
+}
+
+template <int MB, int NB, int BITS>
+void linear_tile_avx2(const QuantizedRows& xq, int64_t m0, const uint8_t* w, const uint16_t* scales, int64_t K,
+                      int64_t group, int64_t nb0, float* y, int64_t N) {
+  const int64_t G = K / group;
+  const int64_t block_bytes = BITS == 4 ? K * kBlock / 2 : K * kBlock;
+  const int64_t loads_per_group = BITS == 4 ? group / 8 : group / 4;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+#if defined(__AVXVNNI__)
+  constexpr bool kSignedDot = false;
+#else
+  constexpr bool kSignedDot = BITS == 8;  // dot_q8 sums q * x, without the offset
+#endif
+  __m256 acc[MB][NB][2];
+  for (int m = 0; m < MB; ++m)
+    for (int b = 0; b < NB; ++b) acc[m][b][0] = acc[m][b][1] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    __m256i dot[MB][NB][2];
+    for (int m = 0; m < MB; ++m)
+      for (int b = 0; b < NB; ++b) dot[m][b][0] = dot[m][b][1] = _mm256_setzero_si256();
+    for (int64_t j = 0; j < loads_per_group; ++j) {
+      const int64_t step = g * loads_per_group + j;
+      for (int b = 0; b < NB; ++b) {
+        const uint8_t* src = w + (nb0 + b) * block_bytes + step * 64;
+        for (int half = 0; half < 2; ++half) {
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * half));
+          for (int m = 0; m < MB; ++m) {
+            const int8_t* xr = xq.q.data() + (m0 + m) * K;
+            int32_t a;
+            std::memcpy(&a, xr + step * (BITS == 4 ? 8 : 4), 4);
+            if (BITS == 4) {
+              int32_t c;
+              std::memcpy(&c, xr + step * 8 + 4, 4);
+              dot[m][b][half] = dot_u8s8(dot[m][b][half], _mm256_and_si256(wv, low4), _mm256_set1_epi32(a));
+              dot[m][b][half] = dot_u8s8(dot[m][b][half], _mm256_and_si256(_mm256_srli_epi16(wv, 4), low4),
+                                         _mm256_set1_epi32(c));
+            } else {
+              dot[m][b][half] = dot_q8(dot[m][b][half], wv, _mm256_set1_epi32(a));
+            }
+          }
+        }
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      const uint16_t* sc = scales + ((nb0 + b) * G + g) * kBlock;
+      for (int half = 0; half < 2; ++half) {
+        const __m256 ws = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + 8 * half)));
+        for (int m = 0; m < MB; ++m) {
+          const int64_t mg = (m0 + m) * G + g;
+          const __m256i centred =
+              kSignedDot ? dot[m][b][half] : _mm256_sub_epi32(dot[m][b][half], _mm256_set1_epi32(xq.sum[mg]));
+          acc[m][b][half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(centred),
+                                            _mm256_mul_ps(ws, _mm256_set1_ps(xq.scale[mg])), acc[m][b][half]);
+        }
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int b = 0; b < NB; ++b)
+      for (int half = 0; half < 2; ++half)
+        _mm256_storeu_ps(y + (m0 + m) * N + (nb0 + b) * kBlock + 8 * half, acc[m][b][half]);
+}
+
+template <int BITS>
+void linear_avx2(const QuantizedRows& xq, int64_t M, const uint8_t* w, const uint16_t* scales, int64_t K,
+                 int64_t group, int64_t nb0, int64_t nb1, float* y, int64_t N) {
+  // 16 ymm registers: 1 row x 2 blocks or 2 rows x 1 block keep 8 accumulators and 8 dot sums.
+  int64_t nb = nb0;
+  if (M == 1) {
+    for (; nb + 2 <= nb1; nb += 2) linear_tile_avx2<1, 2, BITS>(xq, 0, w, scales, K, group, nb, y, N);
+    for (; nb < nb1; ++nb) linear_tile_avx2<1, 1, BITS>(xq, 0, w, scales, K, group, nb, y, N);
+    return;
+  }
+  for (; nb < nb1; ++nb) {
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) linear_tile_avx2<2, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    for (; m < M; ++m) linear_tile_avx2<1, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
+  }
+}
+#endif
+
+// Blocks [nb0, nb1) of y = x @ W^T, on the best path this build has.
+void linear_blocks(const QuantizedRows& xq, int64_t M, const uint8_t* w, const uint16_t* s, int64_t K, int64_t group,
+                   int bits, int64_t nb0, int64_t nb1, float* y, int64_t N) {
+#if defined(Q3TTS_AVX512)
+  if (bits == 4) linear_avx512<4>(xq, M, w, s, K, group, nb0, nb1, y, N);
+  else linear_avx512<8>(xq, M, w, s, K, group, nb0, nb1, y, N);
+#elif defined(Q3TTS_AVX2)
+  if (bits == 4) linear_avx2<4>(xq, M, w, s, K, group, nb0, nb1, y, N);
+  else linear_avx2<8>(xq, M, w, s, K, group, nb0, nb1, y, N);
+#else
+  linear_portable(xq, 0, M, w, s, K, group, bits, nb0, nb1, y, N);
+#endif
+}
+
 at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t out_features,
                          int64_t group, int64_t bits, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8");
@@ -217,12 +337,7 @@ at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& packed, const at
   const int64_t blocks = N / kBlock;
   // Grain: at least 8 blocks (128 channels) per task, so a thread's share is worth its hand-off.
   at::parallel_for(0, blocks, 8, [&](int64_t b0, int64_t b1) {
-#ifdef Q3TTS_AVX512
-    if (bits == 4) linear_avx512<4>(xq, M, w, s, K, group, b0, b1, out, N);
-    else linear_avx512<8>(xq, M, w, s, K, group, b0, b1, out, N);
-#else
-    linear_portable(xq, 0, M, w, s, K, group, static_cast<int>(bits), b0, b1, out, N);
-#endif
+    linear_blocks(xq, M, w, s, K, group, static_cast<int>(bits), b0, b1, out, N);
   });
   if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
   return y.reshape(sizes).to(x.scalar_type());
@@ -262,12 +377,7 @@ void linears(const QuantizedRows& xq, int64_t R, const std::vector<Output>& outs
       const int64_t lo = std::max(b0, start[j]) - start[j], hi = std::min(b1, start[j + 1]) - start[j];
       if (lo >= hi) continue;
       const Output& o = outs[j];
-#ifdef Q3TTS_AVX512
-      if (bits == 4) linear_avx512<4>(xq, R, o.p.w, o.p.s, o.p.K, group, lo, hi, o.y, o.p.N);
-      else linear_avx512<8>(xq, R, o.p.w, o.p.s, o.p.K, group, lo, hi, o.y, o.p.N);
-#else
-      linear_portable(xq, 0, R, o.p.w, o.p.s, o.p.K, group, bits, lo, hi, o.y, o.p.N);
-#endif
+      linear_blocks(xq, R, o.p.w, o.p.s, o.p.K, group, bits, lo, hi, o.y, o.p.N);
     }
   });
 }
@@ -450,15 +560,18 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
   return logits;
 }
 
-bool simd_path() {
-#ifdef Q3TTS_AVX512
-  return true;
+// Which path this build runs: 512 (AVX512-VNNI), 257 (AVX2 + AVX-VNNI), 256 (AVX2), 0 (portable).
+int64_t kernel_isa() {
+#if defined(Q3TTS_AVX512)
+  return 512;
+#elif defined(Q3TTS_AVX2) && defined(__AVXVNNI__)
+  return 257;
+#elif defined(Q3TTS_AVX2)
+  return 256;
 #else
-  return false;
+  return 0;
 #endif
 }
-
-int64_t kernel_isa() { return simd_path() ? 512 : 0; }
 
 }  // namespace
 

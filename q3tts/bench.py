@@ -52,6 +52,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from . import bench_peer
 from .errors import Q3TTSError
 
 DEFAULT_TEXT = ("Hello! This is a benchmark of the Qwen3 text to speech model, reading one ordinary sentence "
@@ -119,6 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--split", action="store_true", help="time talker / code predictor / codec on CUDA too (each part synchronises)"
     )
+    bench_peer.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,9 +129,15 @@ def run(args: argparse.Namespace) -> int:
         return run_quality(args)
     try:
         ref_python = reference_python(args) if args.reference else None  # before writing any checkpoint
+        check_peer_arguments(args)
+        peer = bench_peer.locate(args) if args.peer else None  # before writing any checkpoint too
         config = make_config(args)
-        report = bench(config, ref_python)
-    except BenchError as e:
+        if peer:
+            if config["device"] != "cpu":
+                raise BenchError(f"--peer runs a CPU engine beside ours: use --device cpu, not {config['device']}")
+            peer = bench_peer.prepare(peer, args, Path(config["model"]), config["quantize"])
+        report = bench(config, ref_python, peer)
+    except (BenchError, bench_peer.PeerError) as e:
         print(f"q3tts bench: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=1) if args.json else format_report(report))
@@ -167,6 +175,15 @@ def run_quality(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report.to_json(), indent=1) if args.json else bench_quality.format_quality(report))
     return 0
+
+
+def check_peer_arguments(args: argparse.Namespace) -> None:
+    if not args.peer:
+        for option in ("peer_python", "peer_cache"):
+            if getattr(args, option):
+                raise BenchError(f"--{option.replace('_', '-')} needs --peer")
+        if args.peer_quant != "auto":
+            raise BenchError("--peer-quant needs --peer")
 
 
 def parse_streams(text: Optional[str]) -> list[int]:
@@ -260,8 +277,9 @@ def reference_python(args: argparse.Namespace) -> str:
     return python
 
 
-def bench(config: dict, ref_python: Optional[str]) -> dict:
-    """Measure ours (and the reference when `ref_python` is given) in child processes."""
+def bench(config: dict, ref_python: Optional[str], peer: Optional[dict] = None) -> dict:
+    """Measure ours (and the reference when `ref_python` is given, the peer when `peer` is, as
+    bench_peer.prepare made it) in child processes, one after the other."""
     from . import bench_serve
 
     env = bench_serve.package_env()
@@ -278,6 +296,11 @@ def bench(config: dict, ref_python: Optional[str]) -> dict:
         ref = run_child([ref_python, str(REFERENCE_SCRIPT)], config, None, "reference")
         report["reference"] = summarise_side(ref, config)
         report["ratios"] = ratios(report["ours"], report["reference"])
+    report["peer"] = None
+    if peer:
+        print(f"q3tts bench: measuring the peer {peer['name']} with {peer['python']} ...", file=sys.stderr, flush=True)
+        report["peer"] = bench_peer.describe(peer, summarise_side(bench_peer.measure(peer, config, ours), config))
+        report["peer"]["ratios"] = bench_peer.ratios(report["ours"], report["peer"])
     return report
 
 
@@ -444,6 +467,8 @@ def format_report(report: dict) -> str:
             if not figures["frames_ok"]:
                 lines.append(f"warning: {name} b={batch} made {figures['frames_per_row']} frames per row, "
                              f"not {cfg['frames']}")  # fmt: skip
+    if report.get("peer"):
+        lines += bench_peer.format_peer(ours, report["peer"], cfg["frames"])
     if report.get("serving"):
         from .bench_serve import format_serving
 

@@ -187,6 +187,7 @@ void linear_avx512(const QuantizedRows& xq, int64_t M, const uint8_t* w, const u
   for (; nb + Q3_NB <= nb1; nb += Q3_NB) {
     int64_t m = 0;
     for (; m + Q3_MB <= M; m += Q3_MB) linear_tile<Q3_MB, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    for (; m + 2 <= M; m += 2) linear_tile<2, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
     for (; m < M; ++m) linear_tile<1, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
   }
   // The last one or two blocks of this thread's range, still 4 rows at a time.

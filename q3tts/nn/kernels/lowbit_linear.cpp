@@ -48,7 +48,9 @@ struct QuantizedRows {
 QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, int32_t offset) {
   const int64_t G = K / group;
   QuantizedRows r{std::vector<int8_t>(M * K), std::vector<float>(M * G), std::vector<int32_t>(M * G)};
-  for (int64_t m = 0; m < M; ++m) {
+  // In parallel only for many rows (the codec's convolutions: thousands of samples per chunk).
+  at::parallel_for(0, M, M * K >= (1 << 16) ? 16 : M, [&](int64_t m_begin, int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
     for (int64_t g = 0; g < G; ++g) {
       const float* src = x + m * K + g * group;
       float amax = 0.f;
@@ -66,6 +68,7 @@ QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t group,
       r.sum[m * G + g] = s * offset;
     }
   }
+  });
   return r;
 }
 
@@ -169,13 +172,13 @@ void linear_tile(const QuantizedRows& xq, int64_t m0, const uint8_t* w, const ui
 }
 
 template <int BITS>
-void linear_avx512(const QuantizedRows& xq, int64_t M, const uint8_t* w, const uint16_t* scales, int64_t K,
-                   int64_t group, int64_t nb0, int64_t nb1, float* y, int64_t N) {
-  // One row: 4 blocks in flight. Several rows: 4 rows x 2 blocks (16 accumulators + 16 dot registers).
+void linear_avx512(const QuantizedRows& xq, int64_t m0, int64_t m1, const uint8_t* w, const uint16_t* scales,
+                   int64_t K, int64_t group, int64_t nb0, int64_t nb1, float* y, int64_t N) {
+  // One row: 4 blocks in flight. Several rows: Q3_MB rows x Q3_NB blocks.
   int64_t nb = nb0;
-  if (M == 1) {
-    for (; nb + 4 <= nb1; nb += 4) linear_tile<1, 4, BITS>(xq, 0, w, scales, K, group, nb, y, N);
-    for (; nb < nb1; ++nb) linear_tile<1, 1, BITS>(xq, 0, w, scales, K, group, nb, y, N);
+  if (m1 - m0 == 1) {
+    for (; nb + 4 <= nb1; nb += 4) linear_tile<1, 4, BITS>(xq, m0, w, scales, K, group, nb, y, N);
+    for (; nb < nb1; ++nb) linear_tile<1, 1, BITS>(xq, m0, w, scales, K, group, nb, y, N);
     return;
   }
 // 4 rows x 3 blocks: 12 accumulators and 12 dot registers; the best of 4x2, 8x1, 6x2, 2x4 and 4x3
@@ -185,16 +188,16 @@ void linear_avx512(const QuantizedRows& xq, int64_t M, const uint8_t* w, const u
 #define Q3_NB 3
 #endif
   for (; nb + Q3_NB <= nb1; nb += Q3_NB) {
-    int64_t m = 0;
-    for (; m + Q3_MB <= M; m += Q3_MB) linear_tile<Q3_MB, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
-    for (; m + 2 <= M; m += 2) linear_tile<2, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
-    for (; m < M; ++m) linear_tile<1, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    int64_t m = m0;
+    for (; m + Q3_MB <= m1; m += Q3_MB) linear_tile<Q3_MB, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    for (; m + 2 <= m1; m += 2) linear_tile<2, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    for (; m < m1; ++m) linear_tile<1, Q3_NB, BITS>(xq, m, w, scales, K, group, nb, y, N);
   }
-  // The last one or two blocks of this thread's range, still 4 rows at a time.
+  // The last one or two blocks of this range, still 4 rows at a time.
   for (; nb < nb1; ++nb) {
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4) linear_tile<4, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
-    for (; m < M; ++m) linear_tile<1, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    int64_t m = m0;
+    for (; m + 4 <= m1; m += 4) linear_tile<4, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    for (; m < m1; ++m) linear_tile<1, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
   }
 }
 #endif
@@ -285,35 +288,48 @@ void linear_tile_avx2(const QuantizedRows& xq, int64_t m0, const uint8_t* w, con
 }
 
 template <int BITS>
-void linear_avx2(const QuantizedRows& xq, int64_t M, const uint8_t* w, const uint16_t* scales, int64_t K,
-                 int64_t group, int64_t nb0, int64_t nb1, float* y, int64_t N) {
+void linear_avx2(const QuantizedRows& xq, int64_t m0, int64_t m1, const uint8_t* w, const uint16_t* scales,
+                 int64_t K, int64_t group, int64_t nb0, int64_t nb1, float* y, int64_t N) {
   // 16 ymm registers: 1 row x 2 blocks or 2 rows x 1 block keep 8 accumulators and 8 dot sums.
   int64_t nb = nb0;
-  if (M == 1) {
-    for (; nb + 2 <= nb1; nb += 2) linear_tile_avx2<1, 2, BITS>(xq, 0, w, scales, K, group, nb, y, N);
-    for (; nb < nb1; ++nb) linear_tile_avx2<1, 1, BITS>(xq, 0, w, scales, K, group, nb, y, N);
+  if (m1 - m0 == 1) {
+    for (; nb + 2 <= nb1; nb += 2) linear_tile_avx2<1, 2, BITS>(xq, m0, w, scales, K, group, nb, y, N);
+    for (; nb < nb1; ++nb) linear_tile_avx2<1, 1, BITS>(xq, m0, w, scales, K, group, nb, y, N);
     return;
   }
   for (; nb < nb1; ++nb) {
-    int64_t m = 0;
-    for (; m + 2 <= M; m += 2) linear_tile_avx2<2, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
-    for (; m < M; ++m) linear_tile_avx2<1, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    int64_t m = m0;
+    for (; m + 2 <= m1; m += 2) linear_tile_avx2<2, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
+    for (; m < m1; ++m) linear_tile_avx2<1, 1, BITS>(xq, m, w, scales, K, group, nb, y, N);
   }
 }
 #endif
 
-// Blocks [nb0, nb1) of y = x @ W^T, on the best path this build has.
-void linear_blocks(const QuantizedRows& xq, int64_t M, const uint8_t* w, const uint16_t* s, int64_t K, int64_t group,
-                   int bits, int64_t nb0, int64_t nb1, float* y, int64_t N) {
+// Rows [m0, m1) x blocks [nb0, nb1) of y = x @ W^T, on the best path this build has.
+void linear_blocks(const QuantizedRows& xq, int64_t m0, int64_t m1, const uint8_t* w, const uint16_t* s, int64_t K,
+                   int64_t group, int bits, int64_t nb0, int64_t nb1, float* y, int64_t N) {
 #if defined(Q3TTS_AVX512)
-  if (bits == 4) linear_avx512<4>(xq, M, w, s, K, group, nb0, nb1, y, N);
-  else linear_avx512<8>(xq, M, w, s, K, group, nb0, nb1, y, N);
+  if (bits == 4) linear_avx512<4>(xq, m0, m1, w, s, K, group, nb0, nb1, y, N);
+  else linear_avx512<8>(xq, m0, m1, w, s, K, group, nb0, nb1, y, N);
 #elif defined(Q3TTS_AVX2)
-  if (bits == 4) linear_avx2<4>(xq, M, w, s, K, group, nb0, nb1, y, N);
-  else linear_avx2<8>(xq, M, w, s, K, group, nb0, nb1, y, N);
+  if (bits == 4) linear_avx2<4>(xq, m0, m1, w, s, K, group, nb0, nb1, y, N);
+  else linear_avx2<8>(xq, m0, m1, w, s, K, group, nb0, nb1, y, N);
 #else
-  linear_portable(xq, 0, M, w, s, K, group, bits, nb0, nb1, y, N);
+  linear_portable(xq, m0, m1, w, s, K, group, bits, nb0, nb1, y, N);
 #endif
+}
+
+// y = x @ W^T split over threads: by channel blocks, or by rows where the weight is narrow and the
+// rows many (the codec's convolutions: 96-768 channels over thousands of samples).
+void linear_parallel(const QuantizedRows& xq, int64_t M, const uint8_t* w, const uint16_t* s, int64_t K,
+                     int64_t group, int bits, float* y, int64_t N) {
+  const int64_t blocks = N / kBlock;
+  if (M >= 64 && blocks < 16 * at::get_num_threads()) {
+    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { linear_blocks(xq, m0, m1, w, s, K, group, bits, 0, blocks, y, N); });
+    return;
+  }
+  // Grain: at least 8 blocks (128 channels) per task, so a thread's share is worth its hand-off.
+  at::parallel_for(0, blocks, 8, [&](int64_t b0, int64_t b1) { linear_blocks(xq, 0, M, w, s, K, group, bits, b0, b1, y, N); });
 }
 
 at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t out_features,
@@ -335,11 +351,7 @@ at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& packed, const at
   const at::Tensor sc = scales.contiguous();
   const uint16_t* s = reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>());
   float* out = y.data_ptr<float>();
-  const int64_t blocks = N / kBlock;
-  // Grain: at least 8 blocks (128 channels) per task, so a thread's share is worth its hand-off.
-  at::parallel_for(0, blocks, 8, [&](int64_t b0, int64_t b1) {
-    linear_blocks(xq, M, w, s, K, group, static_cast<int>(bits), b0, b1, out, N);
-  });
+  linear_parallel(xq, M, w, s, K, group, static_cast<int>(bits), out, N);
   if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
   return y.reshape(sizes).to(x.scalar_type());
 }
@@ -378,7 +390,7 @@ void linears(const QuantizedRows& xq, int64_t R, const std::vector<Output>& outs
       const int64_t lo = std::max(b0, start[j]) - start[j], hi = std::min(b1, start[j + 1]) - start[j];
       if (lo >= hi) continue;
       const Output& o = outs[j];
-      linear_blocks(xq, R, o.p.w, o.p.s, o.p.K, group, bits, lo, hi, o.y, o.p.N);
+      linear_blocks(xq, 0, R, o.p.w, o.p.s, o.p.K, group, bits, lo, hi, o.y, o.p.N);
     }
   });
 }

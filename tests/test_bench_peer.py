@@ -6,6 +6,7 @@ it, unless Q3TTS_REQUIRE_PEER=1. No timing thresholds."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -108,6 +109,11 @@ def test_missing_peer_is_one_line_before_any_work(tmp_path, monkeypatch, capsys)
     assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "cannot load it" in err and "No module named 'vox'" in err and "tools/peers/setup_vox.sh" in err
     assert list(tmp_path.iterdir()) == []
+    # no --peer-python, no $Q3TTS_PEER_VOX_PYTHON and no venv here or in the checkout
+    monkeypatch.delenv("Q3TTS_PEER_VOX_PYTHON")
+    nowhere = dataclasses.replace(bench_peer.PEERS["vox-tts"], venv=".peer-venv-that-nobody-made")
+    with pytest.raises(bench_peer.PeerError, match=r"^peer vox-tts is not installed: run tools/peers/setup_vox.sh"):
+        bench_peer.peer_python(nowhere, None)
 
 
 @pytest.mark.parametrize("option", ["--peer-quant=q4", "--peer-cache=x", "--peer-python=x"])

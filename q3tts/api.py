@@ -21,7 +21,7 @@ import torch
 
 from .audio import SAMPLE_RATE, load_audio, mel_spectrogram
 from .errors import InputError
-from .generate.codec_stream import CodecStream
+from .generate.codec_stream import DEFAULT_CHUNK_FRAMES, CodecStream
 from .generate.engine import Engine, length_cap
 from .generate.prompt import Prompt, Utterance, build_prompt
 from .generate.sampling import SamplingOptions
@@ -350,7 +350,7 @@ class Qwen3TTS:
     def stream_batch(
         self,
         utts: list[Utterance],
-        chunk_frames: int = 4,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         first_chunk_frames: int = 1,
         max_piece_tokens: Optional[int] = None,
         **kwargs,
@@ -428,8 +428,8 @@ class Qwen3TTS:
                                       bool(non_streaming_mode))  # fmt: skip
 
     def stream(self, text: str, *, speaker=None, instruct=None, language=None, ref_audio=None, ref_text=None,
-               x_vector_only_mode=False, voice_clone_prompt=None, non_streaming_mode=None, chunk_frames: int = 4,
-               first_chunk_frames: int = 1, **kwargs) -> Iterator[np.ndarray]:  # fmt: skip
+               x_vector_only_mode=False, voice_clone_prompt=None, non_streaming_mode=None,
+               chunk_frames: int = DEFAULT_CHUNK_FRAMES, first_chunk_frames: int = 1, **kwargs) -> Iterator[np.ndarray]:  # fmt: skip
         """Yield float32 audio chunks for one text while it is being generated. The mode follows the
         checkpoint: a speaker (CustomVoice), an instruct (VoiceDesign) or a reference (Base)."""
         utts = self.utterances(text, speaker=speaker, instruct=instruct, language=language, ref_audio=ref_audio,

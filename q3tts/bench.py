@@ -113,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also measure a real `q3tts serve` process over HTTP (needs the server extra); "
                             "implies --serve")  # fmt: skip
     serve.add_argument(
-        "--chunk-frames", type=int, default=4, help="frames per streamed chunk (default 4, the server's)"
+        "--chunk-frames", type=int, default=8, help="frames per streamed chunk (default 8, the server's)"
     )
     serve.add_argument("--static", choices=("auto", "off", "eager"), default="auto",
                        help="fixed-shape steps: auto (CUDA graphs on CUDA), off, or eager (without graphs); "

@@ -23,7 +23,7 @@ import torch
 
 from .api import GenerationPlan, Qwen3TTS
 from .errors import InputError, Q3TTSError
-from .generate.codec_stream import CodecStream
+from .generate.codec_stream import DEFAULT_CHUNK_FRAMES, CodecStream
 from .generate.decode import DecodeBatch, RowRequest
 from .generate.engine import LengthCapWarning, length_cap_message
 from .generate.openmp import release_idle_workers
@@ -204,7 +204,7 @@ class SpeechScheduler:
             self._cond.notify_all()
 
     # -- requests -------------------------------------------------------------------------------
-    def submit(self, utterance: Utterance, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
+    def submit(self, utterance: Utterance, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES, first_chunk_frames: int = 1,
                max_piece_tokens: Optional[int] = None, **gen_kwargs) -> SpeechJob:  # fmt: skip
         """Queue one utterance (see `Qwen3TTS.utterances`). Raises InputError for bad options,
         QueueFull when `max_queue` requests already wait, SchedulerClosed when shutting down."""

@@ -76,7 +76,7 @@ def _synthesis_parent() -> argparse.ArgumentParser:
         help="generate long texts in sentence-aware pieces of at most N text tokens (0: never split)",
     )
     g.add_argument("--stream", action="store_true", help="write the output while it is generated")
-    g.add_argument("--chunk-frames", type=_positive_int, default=4, help="frames per decoded chunk (default 4)")
+    g.add_argument("--chunk-frames", type=_positive_int, default=8, help="frames per decoded chunk (default 8)")
     return p
 
 

@@ -60,7 +60,7 @@ FLAGS = [  # (flag, settings field, type, help)
         "most codec frames (+1) a request may generate, and the default length cap (default: the checkpoint's, 2048)",
     ),
     ("--request-timeout", "request_timeout", float, "seconds a request may generate (default 600)"),
-    ("--chunk-frames", "chunk_frames", int, "codec frames per streamed chunk (default 4 = 320 ms)"),
+    ("--chunk-frames", "chunk_frames", int, "codec frames per streamed chunk (default 8 = 640 ms)"),
     ("--first-chunk-frames", "first_chunk_frames", int, "codec frames in the first chunk (default 1)"),
     ("--ui-model", "ui_models", str, "another checkpoint the web UI (and the API) may load, NAME=PATH (repeat)"),
     ("--ssl-certfile", "ssl_certfile", str, "serve HTTPS with this certificate (PEM)"),

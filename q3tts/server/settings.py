@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # none; None: the checkpoint's own default (2048), up to 8192 on request.
     max_new_tokens: Optional[int] = Field(None, ge=2, le=8192)
     request_timeout: float = Field(600.0, gt=0)  # seconds a request may generate before it is cut
-    chunk_frames: int = Field(4, ge=1)  # codec frames (80 ms each) per streamed audio chunk
+    chunk_frames: int = Field(8, ge=1)  # codec frames (80 ms each) per streamed chunk, as the API
     first_chunk_frames: int = Field(1, ge=1)  # a small first chunk: earliest audio
     warmup: bool = True  # one short synthesis before /ready says yes
     ui: bool = True  # the web UI at /ui (needs the `ui` extra: gradio)

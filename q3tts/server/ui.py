@@ -32,6 +32,7 @@ from gradio import processing_utils
 
 from ..console import one_line
 from ..errors import Q3TTSError
+from ..generate.codec_stream import DEFAULT_CHUNK_FRAMES
 from ..generate.openmp import releasing_workers
 from ..voices import default_voices_dir
 from .models import KINDS, ModelManager, ModelsBusy, ModelUnavailable, format_bytes, parse_model_specs
@@ -301,7 +302,7 @@ def build_ui(models: ModelManager, voices_dir, uploads: Optional[UploadRegistry]
                                         label="Temperature (0: greedy)")  # fmt: skip
                 top_k = gr.Slider(0, 100, value=generation.get("top_k", 50), step=1, label="Top k (0: off)")
                 seed = gr.Number(-1, precision=0, label="Seed (-1: random)")
-                chunk_frames = gr.Slider(1, 25, value=4, step=1, label="Frames per streamed chunk")
+                chunk_frames = gr.Slider(1, 25, value=DEFAULT_CHUNK_FRAMES, step=1, label="Frames per streamed chunk")
         settings = [max_new_tokens, temperature, top_k, seed, chunk_frames]
 
         def outputs(prefix: str):

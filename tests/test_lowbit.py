@@ -246,3 +246,14 @@ def test_mixed_spec_loads_each_network_at_its_precision(make_tiny):
     assert talker.stack_kernel is not None and talker.code_predictor.stack_kernel is None
     assert isinstance(talker.codec_head, torch.nn.Linear)  # codebook 0 and EOS stay float
     assert codes_of(tts, ["Hi."])[0].shape[1] == 16
+
+
+def test_cli_takes_the_modes_and_refuses_a_bad_one_in_one_line(make_tiny, tmp_path, capsys):
+    from q3tts.cli import main
+
+    model, out = str(make_tiny("custom_voice")), tmp_path / "a.wav"
+    args = ["speak", "Hello.", "-m", model, "--speaker", "vivian", "-o", str(out), "--max-new-tokens", "4", "-q"]
+    assert main([*args, "--quantize", "int3"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown quantize 'int3'" in err
+    assert main([*args, "--quantize", "talker=int4,predictor=q8"]) == 0 and out.stat().st_size > 44

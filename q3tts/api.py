@@ -29,7 +29,7 @@ from .generate.segment import split_text
 from .languages import model_languages, resolve_language
 from .loader_options import parse_loader_options
 from .model import Checkpoint, load_checkpoint
-from .nn.quant import QuantizationError, QuantizeSpec, native_bf16_cpu, parse_quantize
+from .nn.quant import QuantizationError, QuantizeSpec, parse_quantize
 from .voices import VoiceClonePromptItem
 
 MIN_REFERENCE_SECONDS = 1.0
@@ -72,12 +72,15 @@ def resolve_quantize(quantize, device: torch.device) -> Optional[QuantizeSpec]:
     return parse_quantize(quantize)
 
 
-def resolve_codec_dtype(codec_dtype, device: torch.device, quantize: Optional[QuantizeSpec]) -> torch.dtype:
-    """ "auto": float32, except in the quantised CPU modes on a CPU with native bf16 (AVX512-BF16, AMX),
-    where the codec runs in bf16: measured 1.7x faster per frame on the 12 Hz decoder there, and
-    the codec is then a fifth of a frame's time."""
+def resolve_codec_dtype(codec_dtype, device: torch.device) -> torch.dtype:
+    """ "auto": float32 in every mode. bf16 was the int8 CPU mode's codec on CPUs with AVX512-BF16,
+    but measured slower there and lossy (full-size 0.6B codec, chunks of 8, interleaved runs, ms per
+    frame of audio, best / median of 4: 1 thread 58.5 / 72.6 float32 vs 91.4 / 97.5 bf16, 2 threads
+    wall 39.1 / 47.0 vs 54.4 / 59.2; waveform SNR of bf16 vs float32 24.8 dB): without AMX, oneDNN's
+    bf16 convolutions were no faster than its float32 ones (211 vs 182 ms for one chunk's 13 big
+    convolutions). codec_dtype="bfloat16" still asks for it."""
     if codec_dtype in (None, "auto"):
-        return torch.bfloat16 if quantize is not None and native_bf16_cpu() else torch.float32
+        return torch.float32
     return resolve_dtype(codec_dtype, device)
 
 
@@ -129,7 +132,7 @@ class Qwen3TTS:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.quantize = resolve_quantize(quantize, self.device)
-        self.codec_dtype = resolve_codec_dtype(codec_dtype, self.device, self.quantize)
+        self.codec_dtype = resolve_codec_dtype(codec_dtype, self.device)
         self.cuda_graphs = cuda_graphs
         self._checkpoint: Optional[Checkpoint] = None
         self._engine: Optional[Engine] = None

@@ -278,8 +278,8 @@ def check_modes(modes: Sequence[LossyMode], device: torch.device) -> None:
     """Refuse a mode the loader would refuse, before the float32 reference is made."""
     for mode in modes:
         try:
-            quantize = resolve_quantize(mode.quantize, device)
-            resolve_codec_dtype(mode.codec_dtype, device, quantize)
+            resolve_quantize(mode.quantize, device)
+            resolve_codec_dtype(mode.codec_dtype, device)
         except (Q3TTSError, ValueError) as e:
             raise QualityError(f"mode {mode.label}: {e}") from None
 

@@ -66,13 +66,8 @@ class CodePredictor(nn.Module):
     ) -> torch.Tensor:
         """Final normed hidden states [B, T, hidden]; `lm_head[k]` on position k+1 gives codebook k+1."""
         if self.stack_kernel is not None and caches is not None and input_pos is not None and input_pos.dim() == 1:
-            # Every row writes slots `input_pos` and sees the slots up to each token's own.
-            B, T, _ = embeds.shape
-            x = self.small_to_mtp_projection(embeds).reshape(B * T, -1)
-            slots = input_pos.repeat(B)
-            pos = (positions if positions.dim() == 2 else positions[None].expand(B, -1)).reshape(-1)
-            x = self.stack_kernel(x, [c.k for c in caches], [c.v for c in caches], slots, pos, None, 0, T)
-            return self.model.norm(x.to(embeds.dtype)).reshape(B, T, -1)
+            x = self._stack_step(embeds, positions, caches, input_pos)
+            return self.model.norm(x.to(embeds.dtype)).reshape(*embeds.shape[:2], -1)
         if positions.dim() == 1:
             positions = positions[None].expand(embeds.shape[0], -1)
         rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
@@ -91,12 +86,19 @@ class CodePredictor(nn.Module):
         """Logits [B, V] of `lm_head[head]` on the last of `embeds`' positions (one pass of a frame,
         cache slots = positions). With the stack kernel the norm and the head run inside it."""
         if self.stack_kernel is not None and self.stack_kernel.takes_head(self.lm_head[head]):
-            B, T, _ = embeds.shape
-            x = self.small_to_mtp_projection(embeds).reshape(B * T, -1)
-            pos = positions if B == 1 else positions.repeat(B)
-            return self.stack_kernel(x, [c.k for c in caches], [c.v for c in caches], pos, pos, None, 0, T,
-                                     self.model.norm.weight, self.lm_head[head])  # fmt: skip
+            return self._stack_step(embeds, positions, caches, positions, head=self.lm_head[head])
         return self.lm_head[head](self(embeds, positions, caches, positions)[:, -1])
+
+    def _stack_step(self, embeds, positions, caches, slots, head=None) -> torch.Tensor:
+        """The stack kernel over rows (b, t): every row writes cache slots `slots` [T] and sees the
+        slots up to each token's own. Its output [B*T, hidden], or with `head` the head's logits on
+        each row's last token [B, V] (the final norm applied inside)."""
+        B, T, _ = embeds.shape
+        x = self.small_to_mtp_projection(embeds).reshape(B * T, -1)
+        slots = slots if B == 1 else slots.repeat(B)
+        pos = (positions if positions.dim() == 2 else positions[None].expand(B, -1)).reshape(-1)
+        extra = () if head is None else (self.model.norm.weight, head)
+        return self.stack_kernel(x, [c.k for c in caches], [c.v for c in caches], slots, pos, None, 0, T, *extra)
 
     def new_caches(self, batch: int, device=None, dtype=None) -> list[KVCache]:
         w = self.model.norm.weight  # never quantised: the cache's device and dtype

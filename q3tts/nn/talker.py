@@ -59,8 +59,9 @@ class Talker(nn.Module):
         self.text_projection = TextProjection(cfg.text_hidden_size, cfg.hidden_size)
         self.codec_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.code_predictor = CodePredictor(cfg.code_predictor, cfg.hidden_size)
-        # Set by lowbit.use_stack_kernels_ when every layer's linears are low-bit: one-token decode
-        # steps then run as one kernel call (lowbit.StackKernel); prefill stays on the modules.
+        # Set by lowbit.use_stack_kernels_ when every layer's linears are low-bit: decode steps and
+        # prefills over a cache then run as one kernel call (lowbit.StackKernel); calls without a
+        # cache (training, tests) stay on the modules.
         self.stack_kernel = None
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:

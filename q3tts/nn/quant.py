@@ -1,4 +1,6 @@
-"""Int8 weights for CPU inference, and the CPU thread count to run with.
+"""The CPU quantize modes (QuantizeSpec: one precision per network, "int8", "q8", "int4" or
+"talker=int4,predictor=q8"), the fbgemm int8 linears, and the CPU thread count to run with.
+The group-wise q8/int4 linears and their kernel live in lowbit.py.
 
     tts = Qwen3TTS.from_pretrained(path, device="cpu", quantize="int8")   # quantised while loading
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import Q3TTSError
+from .layers import rope_inv_freq
 
 SOURCE = Path(__file__).with_name("kernels") / "lowbit_linear.cpp"
 DEFAULT_GROUP = 32
@@ -169,9 +170,8 @@ class LowBitLinear(nn.Module):
         return linear.in_features % group == 0 and linear.out_features % BLOCK == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._ops.linear(x, self.weight_packed, self.weight_scales, self.out_features, self.group, self.bits,
-                             self.bias)  # fmt: skip
-        return y
+        return self._ops.linear(x, self.weight_packed, self.weight_scales, self.out_features, self.group, self.bits,
+                                self.bias)  # fmt: skip
 
     def dequantized(self) -> torch.Tensor:
         """The float weight [N, K] the kernel multiplies by (for tests and quality reports)."""
@@ -192,18 +192,17 @@ class LowBitLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, group={self.group}"
 
 
-# Per layer, the order kernels/lowbit_linear.cpp reads them (18 tensors).
+# Per layer, the order kernels/lowbit_linear.cpp reads them (18 tensors); the kernel reads the
+# norms as float32 (.float() is the tensor itself when it already is).
 def _layer_params(layer: nn.Module) -> list[torch.Tensor]:
     a, m = layer.self_attn, layer.mlp
-    out = [layer.input_layernorm.weight]
-    for lin in (a.q_proj, a.k_proj, a.v_proj):
-        out += [lin.weight_packed, lin.weight_scales]
-    out += [a.q_norm.weight, a.k_norm.weight, a.o_proj.weight_packed, a.o_proj.weight_scales,
-            layer.post_attention_layernorm.weight]  # fmt: skip
-    for lin in (m.gate_proj, m.up_proj, m.down_proj):
-        out += [lin.weight_packed, lin.weight_scales]
-    return [t.float() if t.dtype in (torch.bfloat16, torch.float16) and t.dim() == 1 and i in (0, 7, 8, 11) else t
-            for i, t in enumerate(out)]  # fmt: skip
+
+    def packed(*linears):
+        return [t for lin in linears for t in (lin.weight_packed, lin.weight_scales)]
+
+    return [layer.input_layernorm.weight.float(), *packed(a.q_proj, a.k_proj, a.v_proj), a.q_norm.weight.float(),
+            a.k_norm.weight.float(), *packed(a.o_proj), layer.post_attention_layernorm.weight.float(),
+            *packed(m.gate_proj, m.up_proj, m.down_proj)]  # fmt: skip
 
 
 def stack_kernel_applies(layers: nn.ModuleList) -> Optional[tuple[int, int]]:
@@ -236,7 +235,7 @@ class StackKernel:
         self.bits, self.group = bits_group
         self.params = [t for layer in layers for t in _layer_params(layer)]
         self.heads, self.kv_heads, self.head_dim, self.eps = heads, kv_heads, head_dim, eps
-        self.inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.inv_freq = rope_inv_freq(head_dim, theta)
         self._ops = kernels()
 
     def takes_head(self, head: nn.Module) -> bool:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ..generate.codec_stream import DEFAULT_CHUNK_FRAMES
 from ..nn.quant import QuantizationError, parse_quantize
 from ..voices import default_voices_dir
 
@@ -45,7 +46,7 @@ class Settings(BaseSettings):
     # none; None: the checkpoint's own default (2048), up to 8192 on request.
     max_new_tokens: Optional[int] = Field(None, ge=2, le=8192)
     request_timeout: float = Field(600.0, gt=0)  # seconds a request may generate before it is cut
-    chunk_frames: int = Field(8, ge=1)  # codec frames (80 ms each) per streamed chunk, as the API
+    chunk_frames: int = Field(DEFAULT_CHUNK_FRAMES, ge=1)  # codec frames (80 ms each) per streamed chunk
     first_chunk_frames: int = Field(1, ge=1)  # a small first chunk: earliest audio
     warmup: bool = True  # one short synthesis before /ready says yes
     ui: bool = True  # the web UI at /ui (needs the `ui` extra: gradio)

@@ -44,30 +44,33 @@ struct QuantizedRows {
   std::vector<int32_t> sum;   // [M, K / group]: sum of q over the group, times the weight offset
 };
 
+// The unsigned offset the packed weights carry (see the layout above).
+constexpr int32_t weight_offset(int64_t bits) { return bits == 4 ? 8 : 128; }
+
 // Symmetric int8 per (row, group): the largest magnitude maps to 127.
-QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, int32_t offset) {
+QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, int64_t bits) {
   const int64_t G = K / group;
+  const int32_t offset = weight_offset(bits);
   QuantizedRows r{std::vector<int8_t>(M * K), std::vector<float>(M * G), std::vector<int32_t>(M * G)};
   // In parallel only for many rows (the codec's convolutions: thousands of samples per chunk).
   at::parallel_for(0, M, M * K >= (1 << 16) ? 16 : M, [&](int64_t m_begin, int64_t m_end) {
-  for (int64_t m = m_begin; m < m_end; ++m) {
-    for (int64_t g = 0; g < G; ++g) {
-      const float* src = x + m * K + g * group;
-      float amax = 0.f;
-      for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::fabs(src[i]));
-      const float scale = amax / 127.f;
-      const float inv = amax > 0.f ? 127.f / amax : 0.f;
-      int32_t s = 0;
-      int8_t* dst = r.q.data() + m * K + g * group;
-      for (int64_t i = 0; i < group; ++i) {
-        const int32_t v = static_cast<int32_t>(std::nearbyint(src[i] * inv));
-        dst[i] = static_cast<int8_t>(v);
-        s += v;
+    for (int64_t m = m_begin; m < m_end; ++m) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* src = x + m * K + g * group;
+        float amax = 0.f;
+        for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::fabs(src[i]));
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        int32_t s = 0;
+        int8_t* dst = r.q.data() + m * K + g * group;
+        for (int64_t i = 0; i < group; ++i) {
+          const int32_t v = static_cast<int32_t>(std::nearbyint(src[i] * inv));
+          dst[i] = static_cast<int8_t>(v);
+          s += v;
+        }
+        r.scale[m * G + g] = amax / 127.f;
+        r.sum[m * G + g] = s * offset;
       }
-      r.scale[m * G + g] = scale;
-      r.sum[m * G + g] = s * offset;
     }
-  }
   });
   return r;
 }
@@ -80,7 +83,6 @@ inline float half_to_float(uint16_t h) {
 void linear_portable(const QuantizedRows& xq, int64_t m0, int64_t m1, const uint8_t* w, const uint16_t* scales,
                      int64_t K, int64_t group, int bits, int64_t nb0, int64_t nb1, float* y, int64_t N) {
   const int64_t G = K / group;
-  const int32_t offset = bits == 4 ? 8 : 128;
   const int64_t block_bytes = bits == 4 ? K * kBlock / 2 : K * kBlock;
   for (int64_t nb = nb0; nb < nb1; ++nb) {
     const uint8_t* wb = w + nb * block_bytes;
@@ -101,7 +103,6 @@ void linear_portable(const QuantizedRows& xq, int64_t m0, int64_t m1, const uint
             }
             dot += u * xr[k];
           }
-          (void)offset;
           acc += half_to_float(sb[g * kBlock + lane]) * xq.scale[m * G + g] * float(dot - xq.sum[m * G + g]);
         }
         y[m * N + nb * kBlock + lane] = acc;
@@ -319,52 +320,6 @@ void linear_blocks(const QuantizedRows& xq, int64_t m0, int64_t m1, const uint8_
 #endif
 }
 
-// y = x @ W^T split over threads: by channel blocks, or by rows where the weight is narrow and the
-// rows many (the codec's convolutions: 96-768 channels over thousands of samples).
-void linear_parallel(const QuantizedRows& xq, int64_t M, const uint8_t* w, const uint16_t* s, int64_t K,
-                     int64_t group, int bits, float* y, int64_t N) {
-  const int64_t blocks = N / kBlock;
-  if (M >= 64 && blocks < 16 * at::get_num_threads()) {
-    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { linear_blocks(xq, m0, m1, w, s, K, group, bits, 0, blocks, y, N); });
-    return;
-  }
-  // Grain: at least 8 blocks (128 channels) per task, so a thread's share is worth its hand-off.
-  at::parallel_for(0, blocks, 8, [&](int64_t b0, int64_t b1) { linear_blocks(xq, 0, M, w, s, K, group, bits, b0, b1, y, N); });
-}
-
-at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t out_features,
-                         int64_t group, int64_t bits, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8");
-  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu(), "lowbit linear runs on CPU");
-  TORCH_CHECK(packed.scalar_type() == at::kByte && scales.scalar_type() == at::kHalf, "packed u8 and fp16 scales");
-  const int64_t K = x.size(-1), N = out_features;
-  TORCH_CHECK(group % 8 == 0 && K % group == 0 && N % kBlock == 0, "K must be a multiple of group, N of 16");
-  TORCH_CHECK(packed.numel() == (bits == 4 ? N * K / 2 : N * K), "packed weights do not match the shape");
-  auto sizes = x.sizes().vec();
-  const at::Tensor rows = x.reshape({-1, K}).to(at::kFloat).contiguous();
-  const int64_t M = rows.size(0);
-  sizes.back() = N;
-  at::Tensor y = at::empty({M, N}, rows.options());
-  if (M == 0) return y.reshape(sizes).to(x.scalar_type());
-  const QuantizedRows xq = quantize_rows(rows.data_ptr<float>(), M, K, group, bits == 4 ? 8 : 128);
-  const uint8_t* w = packed.data_ptr<uint8_t>();
-  const at::Tensor sc = scales.contiguous();
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>());
-  float* out = y.data_ptr<float>();
-  linear_parallel(xq, M, w, s, K, group, static_cast<int>(bits), out, N);
-  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
-  return y.reshape(sizes).to(x.scalar_type());
-}
-
-// ---------------------------------------------------------------------------------------------
-// A whole decoder stack's step (Qwen3 layers, one or a few tokens per row), in one call
-// ---------------------------------------------------------------------------------------------
-// Decoding one token runs ~30 small ops per layer (norms, RoPE, cache writes, attention, SiLU,
-// residuals) around the 7 linears; through ATen each costs microseconds of dispatch, which for the
-// code predictor's 15 passes of 5 layers per frame was as much time as the int4 linears themselves.
-// Here they are plain loops over a few thousand floats, and q/k/v (and gate/up) run as one
-// parallel region.
-
 struct Packed {
   const uint8_t* w;
   const uint16_t* s;
@@ -381,10 +336,20 @@ Packed packed_of(const at::Tensor& w, const at::Tensor& s, int64_t K, int bits) 
   return Packed{w.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(s.data_ptr<at::Half>()), N, K};
 }
 
-// y_j = x @ W_j^T for every output j, the blocks of all outputs shared out as one parallel range.
+// y_j = x @ W_j^T for every output j, split over threads as one parallel range: by the channel
+// blocks of all outputs, or by rows where a single weight is narrow and the rows many (the codec's
+// convolutions: 96-768 channels over thousands of samples).
 void linears(const QuantizedRows& xq, int64_t R, const std::vector<Output>& outs, int bits, int64_t group) {
+  if (outs.size() == 1 && R >= 64 && outs[0].p.N / kBlock < 16 * at::get_num_threads()) {
+    const Output& o = outs[0];
+    at::parallel_for(0, R, 16, [&](int64_t m0, int64_t m1) {
+      linear_blocks(xq, m0, m1, o.p.w, o.p.s, o.p.K, group, bits, 0, o.p.N / kBlock, o.y, o.p.N);
+    });
+    return;
+  }
   std::vector<int64_t> start(outs.size() + 1, 0);
   for (size_t j = 0; j < outs.size(); ++j) start[j + 1] = start[j] + outs[j].p.N / kBlock;
+  // Grain: at least 8 blocks (128 channels) per task, so a thread's share is worth its hand-off.
   at::parallel_for(0, start.back(), 8, [&](int64_t b0, int64_t b1) {
     for (size_t j = 0; j < outs.size(); ++j) {
       const int64_t lo = std::max(b0, start[j]) - start[j], hi = std::min(b1, start[j + 1]) - start[j];
@@ -394,6 +359,37 @@ void linears(const QuantizedRows& xq, int64_t R, const std::vector<Output>& outs
     }
   });
 }
+
+at::Tensor lowbit_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t out_features,
+                         int64_t group, int64_t bits, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8");
+  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu(), "lowbit linear runs on CPU");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && scales.scalar_type() == at::kHalf, "packed u8 and fp16 scales");
+  const int64_t K = x.size(-1), N = out_features;
+  TORCH_CHECK(group % 8 == 0 && K % group == 0 && N % kBlock == 0, "K must be a multiple of group, N of 16");
+  TORCH_CHECK(packed.numel() == (bits == 4 ? N * K / 2 : N * K), "packed weights do not match the shape");
+  auto sizes = x.sizes().vec();
+  const at::Tensor rows = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  const int64_t M = rows.size(0);
+  sizes.back() = N;
+  at::Tensor y = at::empty({M, N}, rows.options());
+  if (M == 0) return y.reshape(sizes).to(x.scalar_type());
+  const QuantizedRows xq = quantize_rows(rows.data_ptr<float>(), M, K, group, bits);
+  const at::Tensor sc = scales.contiguous();
+  linears(xq, M, {Output{packed_of(packed, sc, K, static_cast<int>(bits)), y.data_ptr<float>()}},
+          static_cast<int>(bits), group);
+  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+  return y.reshape(sizes).to(x.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A whole decoder stack's step (Qwen3 layers, one or a few tokens per row), in one call
+// ---------------------------------------------------------------------------------------------
+// Decoding one token runs ~30 small ops per layer (norms, RoPE, cache writes, attention, SiLU,
+// residuals) around the 7 linears; through ATen each costs microseconds of dispatch, which for the
+// code predictor's 15 passes of 5 layers per frame was as much time as the int4 linears themselves.
+// Here they are plain loops over a few thousand floats, and q/k/v (and gate/up) run as one
+// parallel region.
 
 inline float dot(const float* a, const float* b, int64_t n) {
 #ifdef Q3TTS_AVX512
@@ -436,7 +432,7 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
                       int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t bits, int64_t group, double eps_d,
                       const c10::optional<at::Tensor>& final_norm, const c10::optional<at::Tensor>& head_packed,
                       const c10::optional<at::Tensor>& head_scales, int64_t head_bits) {
-  constexpr int kParams = 18;  // per layer, in this order (see lowbit.py stack_params)
+  constexpr int kParams = 18;  // per layer, in this order (see lowbit.py _layer_params)
   const int64_t L = static_cast<int64_t>(params.size()) / kParams;
   TORCH_CHECK(L * kParams == static_cast<int64_t>(params.size()) && L == static_cast<int64_t>(k_caches.size()),
               "params/caches do not describe the same number of layers");
@@ -484,7 +480,7 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
     const float* kn = P(8).data_ptr<float>();
     const float* ln2 = P(11).data_ptr<float>();
     for (int64_t r = 0; r < R; ++r) rms_norm_to(xs + r * H, h.data() + r * H, ln1, H, eps);
-    QuantizedRows hq = quantize_rows(h.data(), R, H, group, bits == 4 ? 8 : 128);
+    QuantizedRows hq = quantize_rows(h.data(), R, H, group, bits);
     linears(hq, R,
             {Output{packed_of(P(1), P(2), H, bits), q.data()}, Output{packed_of(P(3), P(4), H, bits), k.data()},
              Output{packed_of(P(5), P(6), H, bits), v.data()}},
@@ -541,11 +537,11 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
         }
       }
     });
-    QuantizedRows aq = quantize_rows(att.data(), R, QD, group, bits == 4 ? 8 : 128);
+    QuantizedRows aq = quantize_rows(att.data(), R, QD, group, bits);
     linears(aq, R, {Output{packed_of(P(9), P(10), QD, bits), o.data()}}, bits, group);
     for (int64_t i = 0; i < R * H; ++i) xs[i] += o[i];
     for (int64_t r = 0; r < R; ++r) rms_norm_to(xs + r * H, h.data() + r * H, ln2, H, eps);
-    hq = quantize_rows(h.data(), R, H, group, bits == 4 ? 8 : 128);
+    hq = quantize_rows(h.data(), R, H, group, bits);
     linears(hq, R,
             {Output{packed_of(P(12), P(13), H, bits), gate.data()}, Output{packed_of(P(14), P(15), H, bits), up.data()}},
             bits, group);
@@ -553,7 +549,7 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
       const float g = gate[i];
       gate[i] = g / (1.f + std::exp(-g)) * up[i];
     }
-    QuantizedRows gq = quantize_rows(gate.data(), R, I, group, bits == 4 ? 8 : 128);
+    QuantizedRows gq = quantize_rows(gate.data(), R, I, group, bits);
     linears(gq, R, {Output{packed_of(P(16), P(17), I, bits), o.data()}}, bits, group);
     for (int64_t i = 0; i < R * H; ++i) xs[i] += o[i];
   }
@@ -567,9 +563,8 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
     rms_norm_to(xs + (b * T + T - 1) * H, last.data() + b * H, final_norm->data_ptr<float>(), H, eps);
   const Packed head = packed_of(*head_packed, *head_scales, H, static_cast<int>(head_bits));
   at::Tensor logits = at::empty({B, head.N}, x.options());
-  QuantizedRows lq = quantize_rows(last.data(), B, H, group, head_bits == 4 ? 8 : 128);
+  QuantizedRows lq = quantize_rows(last.data(), B, H, group, head_bits);
   linears(lq, B, {Output{head, logits.data_ptr<float>()}}, static_cast<int>(head_bits), group);
-  (void)S;
   return logits;
 }
 

@@ -135,6 +135,7 @@ def load_weights(
     keep_float32: tuple[str, ...] = (),
     keep_narrow: tuple[str, ...] = (),
     skip: tuple[str, ...] = (),
+    own_memory: tuple[str, ...] = (),
 ) -> None:
     """Fill `module` (usually on the meta device) from the safetensors file at `path`.
 
@@ -143,7 +144,9 @@ def load_weights(
     `keep_float32`, or with one of `keep_narrow` and the file's dtype is the narrower (widening
     a lookup table adds no information, only bytes). Raises CheckpointError for missing,
     unexpected or mis-shaped tensors. Names under `skip` are neither expected nor loaded (the
-    caller has filled those modules itself)."""
+    caller has filled those modules itself). Names starting with one of `own_memory` get their own
+    memory even without a cast (the caller rewrites them; a mapped tensor would leave the file's
+    pages resident beside the rewrite)."""
     from safetensors import safe_open
 
     header = read_safetensors_header(path)
@@ -173,7 +176,7 @@ def load_weights(
                     target = torch.float32 if name.startswith(keep_float32) else (dtype or t.dtype)
                     if name.startswith(keep_narrow) and t.element_size() < target.itemsize:
                         target = t.dtype
-                if target == t.dtype and torch.device(device).type == "cpu":
+                if target == t.dtype and torch.device(device).type == "cpu" and not name.startswith(own_memory):
                     as_stored.append(name)
                 else:
                     # A plain read, so that the file's pages do not stay mapped (and resident) while

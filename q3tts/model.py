@@ -120,7 +120,11 @@ def load_speech_tokenizer(
     ignore = tuple(f"encoder.{p}" for p in ENCODER_UNUSED_KEYS)
     if not with_encoder:
         ignore = ("encoder.",)
-    load_weights(st, folder / "model.safetensors", ignore_prefixes=ignore, device=device, dtype=dtype)
+    relaid = tuple(f"decoder.{name}" for name in st.decoder.relaid_weights())
+    load_weights(
+        st, folder / "model.safetensors", ignore_prefixes=ignore, device=device, dtype=dtype, own_memory=relaid
+    )
+    st.decoder.relayout_()
     return st.eval().requires_grad_(False)
 
 

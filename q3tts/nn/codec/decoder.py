@@ -79,6 +79,11 @@ def _with_history(stream: DecoderStream, key: Hashable, x: torch.Tensor, n: int,
 
 
 GEMM_BLOCK_ROWS = 16  # rows per sgemm call in `linear`
+# The layers at one row a frame (quantizer projection and transformer) get blocks of 8: a whole 8-frame
+# chunk without padding, where MKL reads a 512x1024 weight in 147 us against 262 us at 16 rows (2
+# threads, weights from DRAM); 8-row blocks also round a row the same wherever it sits, beside zeros
+# or data (measured for every low-rate shape). The layers at 2+ rows a frame measured slower at 8.
+FRAME_RATE_BLOCK_ROWS = 8
 # A layer whose input has at least this many rows a frame gets them in one sgemm call: every call then
 # has 32+ rows, where the row results did not depend on the count (measured for the three high-rate
 # transposed convs, 1 to 25 frames against 50, 2 threads), and blocks of 16 there made a streamed
@@ -321,7 +326,7 @@ class ResidualVQ(nn.Module):
         summed = 0
         for i, layer in enumerate(self.vq["layers"]):
             summed = summed + layer["_codebook"](codes[:, i])
-        return linear(summed, self.output_proj.weight[:, :, 0])
+        return linear(summed, self.output_proj.weight[:, :, 0], block_rows=FRAME_RATE_BLOCK_ROWS)
 
 
 class SplitQuantizer(nn.Module):
@@ -362,7 +367,7 @@ class WindowAttention(nn.Module):
 
     def _project(self, x: torch.Tensor, proj: nn.Linear, heads: int) -> torch.Tensor:  # -> [B, heads, T, D]
         b, t, _ = x.shape
-        return linear(x, proj.weight, proj.bias).view(b, t, heads, self.head_dim).transpose(1, 2)
+        return linear(x, proj.weight, proj.bias, FRAME_RATE_BLOCK_ROWS).view(b, t, heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, rope, start: int, stream: DecoderStream) -> torch.Tensor:  # [B, T, hidden]
         b, t, _ = x.shape
@@ -383,7 +388,7 @@ class WindowAttention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
         out = (probs[..., None] * v_win).sum(-2)  # [B, Hkv, rep, T, D]
         out = out.view(b, self.heads, t, self.head_dim).transpose(1, 2).reshape(b, t, -1)
-        return linear(out, self.o_proj.weight, self.o_proj.bias)
+        return linear(out, self.o_proj.weight, self.o_proj.bias, FRAME_RATE_BLOCK_ROWS)
 
 
 class FeedForward(nn.Module):
@@ -394,8 +399,9 @@ class FeedForward(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(linear(x, self.gate_proj.weight)) * linear(x, self.up_proj.weight)
-        return linear(h, self.down_proj.weight)
+        rows = FRAME_RATE_BLOCK_ROWS
+        h = F.silu(linear(x, self.gate_proj.weight, block_rows=rows)) * linear(x, self.up_proj.weight, block_rows=rows)
+        return linear(h, self.down_proj.weight, block_rows=rows)
 
 
 class LayerScale(nn.Module):
@@ -432,10 +438,10 @@ class DecoderTransformer(nn.Module):
         # Positions continue across chunks; stacked streams ([B] starts) each have their own.
         positions = torch.as_tensor(start, device=x.device).reshape(-1, 1) + torch.arange(x.shape[1], device=x.device)
         rope = rope_tables(positions, self.head_dim, self.rope_theta)
-        x = linear(x, self.input_proj.weight, self.input_proj.bias)
+        x = linear(x, self.input_proj.weight, self.input_proj.bias, FRAME_RATE_BLOCK_ROWS)
         for layer in self.layers:
             x = layer(x, rope, start, stream)
-        return linear(self.norm(x), self.output_proj.weight, self.output_proj.bias)
+        return linear(self.norm(x), self.output_proj.weight, self.output_proj.bias, FRAME_RATE_BLOCK_ROWS)
 
 
 # --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from .config import ConfigError, GenerationDefaults, ModelConfig, SpeechTokenize
 from .nn.codec.decoder import CodecDecoder
 from .nn.codec.encoder import UNUSED_KEY_PREFIXES as ENCODER_UNUSED_KEYS
 from .nn.codec.encoder import CodecEncoder
-from .nn.lowbit import use_stack_kernels_
+from .nn.lowbit import kernels, use_stack_kernels_
 from .nn.quant import QuantizeSpec, int8_targets, quantized_linear, release_freed_memory, replace_linear, resolve_kernel
 from .nn.speaker_encoder import SpeakerEncoder
 from .nn.talker import Talker
@@ -170,4 +170,13 @@ def load_checkpoint(
     if with_codec_encoder is None:
         with_codec_encoder = config.has_speaker_encoder
     speech = load_speech_tokenizer(folder / "speech_tokenizer", device, codec_dtype, with_codec_encoder)
+    if (
+        quantize is not None
+        and quantize.uses_kernel
+        and codec_dtype == torch.float32
+        and torch.device(device).type == "cpu"
+    ):
+        # The modes that build our CPU kernels (already loaded for the talker) run the codec's
+        # activations through them too; the float modes keep torch's ops, as the reference does.
+        speech.decoder.use_kernels_(kernels())
     return Checkpoint(folder, config, generation, tokenizer, networks, speech)

@@ -257,3 +257,45 @@ def test_cli_takes_the_modes_and_refuses_a_bad_one_in_one_line(make_tiny, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown quantize 'int3'" in err
     assert main([*args, "--quantize", "talker=int4,predictor=q8"]) == 0 and out.stat().st_size > 44
+
+
+@pytest.mark.parametrize("variant", ["native", *NARROWER])
+def test_snake_op_matches_torch_in_every_build(variant):
+    """The codec's one-pass SnakeBeta: channel counts with and without a SIMD tail, large |x * alpha|
+    (the scalar path), and NaN kept."""
+    if variant not in ("native", "portable") and lowbit.kernels().isa() < 256:
+        pytest.skip("this CPU has no AVX2")
+    try:
+        ops = lowbit.kernels(variant)
+    except lowbit.KernelUnavailable as e:
+        pytest.skip(str(e))
+    g = torch.Generator().manual_seed(7)
+    for channels in (96, 21):
+        x = 4 * torch.randn(2, 300, channels, generator=g)
+        x[0, 0, :3] = torch.tensor([1e4, -3e4, float("nan")])
+        alpha = (0.3 * torch.randn(channels, generator=g)).exp()
+        inv_beta = 1 / ((0.3 * torch.randn(channels, generator=g)).exp() + 1e-9)
+        want = x + torch.sin(x * alpha) ** 2 * inv_beta
+        got = ops.snake(x, alpha, inv_beta)
+        assert got.shape == x.shape and bool(got[0, 0, 2].isnan())
+        torch.testing.assert_close(got.nan_to_num(0), want.nan_to_num(0), rtol=2e-6, atol=2e-6)
+        assert not torch.equal(got, x)  # it did compute something
+
+
+def test_lowbit_modes_run_the_codec_activations_through_the_kernel(lowbit_tts, custom_voice_tts):
+    """A kernel mode's codec: every SnakeBeta on the fused op, the decode within float rounding of the
+    float mode's torch ops, and still exactly streamable."""
+    from q3tts.nn.codec.decoder import SnakeBeta
+
+    fused_dec = lowbit_tts.checkpoint.speech_tokenizer.decoder
+    torch_dec = custom_voice_tts.checkpoint.speech_tokenizer.decoder
+    snakes = [m for m in fused_dec.modules() if isinstance(m, SnakeBeta)]
+    assert snakes and all(m.fused is not None for m in snakes)
+    assert all(m.fused is None for m in torch_dec.modules() if isinstance(m, SnakeBeta))
+    codes = torch.randint(0, 2048, (1, 16, 12), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        offline = fused_dec(codes)
+        stream = fused_dec.new_stream(1)
+        pieces = [fused_dec.decode_chunk(codes[..., i : i + 5], stream) for i in range(0, 12, 5)]
+        assert torch.equal(torch.cat(pieces, -1), offline)
+        torch.testing.assert_close(offline, torch_dec(codes), rtol=0, atol=1e-4)

@@ -240,10 +240,13 @@ class SnakeBeta(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
+        self.fused = None  # the CPU kernels' one-pass op (CodecDecoder.use_kernels_), else torch's ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C]
         alpha = self.alpha.exp()
         inv_beta = 1.0 / (self.beta.exp() + 1e-9)
+        if self.fused is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+            return self.fused(x, alpha, inv_beta)
         # In place on one temporary: 3x faster than the plain expression on these long signals, same bits.
         return torch.mul(x, alpha).sin_().square_().mul_(inv_beta).add_(x)
 
@@ -503,6 +506,13 @@ class CodecDecoder(nn.Module):
         # 1-3 rows (measured), so it stays on oneDNN's channel-major conv.
         x = self.decoder[-1](self.decoder[-2](x).transpose(1, 2), stream)  # [B, 1, T * 1920]
         return x.clamp(-1, 1)
+
+    def use_kernels_(self, ops) -> None:
+        """Run the SnakeBeta activations through our CPU kernels' one-pass op (`ops`: lowbit.kernels()):
+        2.7x torch's five passes on the 96-channel signals, within 1e-6 of them (kernels' tests)."""
+        for m in self.modules():
+            if isinstance(m, SnakeBeta):
+                m.fused = ops.snake
 
     def relayout_(self) -> None:
         """Store the time-major layers' weights in the layout their matmuls read (once, after loading)."""

@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -568,6 +569,99 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
   return logits;
 }
 
+// ---------------------------------------------------------------------------------------------
+// SnakeBeta for the codec decoder, time-major x [..., C]: y = x + sin(x * alpha)^2 * inv_beta, per
+// channel, in one pass (torch's five in-place passes over these long signals measured 3.7 ms a
+// frame of the 0.6B codec's 2.8 M activations). sin^2 has period pi, so z is reduced by the nearest
+// multiple of pi (three-part constant: k * PI_A and k * PI_B are exact for |k| < 4096) to
+// r in [-pi/2, pi/2], where sin r is its Taylor polynomial to r^11 (truncation under 6e-8);
+// |z| > 8192 takes the scalar std::sin. Every sample is computed alone, so streaming stays exact.
+constexpr float kPiA = 3.140625f, kPiB = 0.0009675026f, kPiC = 1.509958e-07f;
+constexpr float kBigZ = 8192.0f;
+
+inline float snake_scalar(float x, float a, float ib) {
+  const float s = std::sin(x * a);
+  return x + (s * s) * ib;
+}
+
+#if defined(Q3TTS_AVX512)
+inline __m512 sin_reduced_avx512(__m512 z) {
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(z, _mm512_set1_ps(0.318309886f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kPiA), z);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kPiB), r);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kPiC), r);
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  __m512 p = _mm512_set1_ps(-2.5052108e-08f);
+  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(2.7557319e-06f));
+  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-1.9841270e-04f));
+  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(8.3333333e-03f));
+  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-1.6666667e-01f));
+  return _mm512_fmadd_ps(_mm512_mul_ps(p, r2), r, r);  // +-sin z: the sign is squared away
+}
+#elif defined(Q3TTS_AVX2)
+inline __m256 sin_reduced_avx2(__m256 z) {
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(z, _mm256_set1_ps(0.318309886f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kPiA), z);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kPiB), r);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kPiC), r);
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  __m256 p = _mm256_set1_ps(-2.5052108e-08f);
+  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(2.7557319e-06f));
+  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-1.9841270e-04f));
+  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(8.3333333e-03f));
+  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-1.6666667e-01f));
+  return _mm256_fmadd_ps(_mm256_mul_ps(p, r2), r, r);
+}
+#endif
+
+void snake_row(const float* x, const float* a, const float* ib, float* y, int64_t C) {
+  int64_t c = 0;
+#if defined(Q3TTS_AVX512)
+  for (; c + 16 <= C; c += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + c);
+    const __m512 z = _mm512_mul_ps(xv, _mm512_loadu_ps(a + c));
+    const __m512 s = sin_reduced_avx512(z);
+    _mm512_storeu_ps(y + c, _mm512_add_ps(xv, _mm512_mul_ps(_mm512_mul_ps(s, s), _mm512_loadu_ps(ib + c))));
+    const __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(z), _mm512_set1_ps(kBigZ), _CMP_GT_OQ);
+    if (big)
+      for (int l = 0; l < 16; ++l)
+        if (big & (1u << l)) y[c + l] = snake_scalar(x[c + l], a[c + l], ib[c + l]);
+  }
+#elif defined(Q3TTS_AVX2)
+  for (; c + 8 <= C; c += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + c);
+    const __m256 z = _mm256_mul_ps(xv, _mm256_loadu_ps(a + c));
+    const __m256 s = sin_reduced_avx2(z);
+    _mm256_storeu_ps(y + c, _mm256_add_ps(xv, _mm256_mul_ps(_mm256_mul_ps(s, s), _mm256_loadu_ps(ib + c))));
+    const __m256 absz = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), z);
+    const int big = _mm256_movemask_ps(_mm256_cmp_ps(absz, _mm256_set1_ps(kBigZ), _CMP_GT_OQ));
+    if (big)
+      for (int l = 0; l < 8; ++l)
+        if (big & (1 << l)) y[c + l] = snake_scalar(x[c + l], a[c + l], ib[c + l]);
+  }
+#endif
+  for (; c < C; ++c) y[c] = snake_scalar(x[c], a[c], ib[c]);
+}
+
+at::Tensor snake(const at::Tensor& x_in, const at::Tensor& alpha_in, const at::Tensor& inv_beta_in) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && alpha_in.scalar_type() == at::kFloat &&
+                  inv_beta_in.scalar_type() == at::kFloat,
+              "snake: float32 tensors expected");
+  const int64_t C = x_in.size(-1);
+  TORCH_CHECK(alpha_in.numel() == C && inv_beta_in.numel() == C, "snake: one alpha and beta per channel (last dim)");
+  const at::Tensor x = x_in.contiguous(), alpha = alpha_in.contiguous(), inv_beta = inv_beta_in.contiguous();
+  at::Tensor y = at::empty_like(x);
+  const int64_t rows = C ? x.numel() / C : 0;
+  const float *xp = x.data_ptr<float>(), *ap = alpha.data_ptr<float>(), *bp = inv_beta.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) snake_row(xp + r * C, ap, bp, yp + r * C, C);
+  });
+  return y;
+}
+
 // Which path this build runs: 512 (AVX512-VNNI), 257 (AVX2 + AVX-VNNI), 256 (AVX2), 0 (portable).
 int64_t kernel_isa() {
 #if defined(Q3TTS_AVX512)
@@ -591,6 +685,7 @@ int64_t kernel_isa() {
 Q3TTS_DEFINE_LIBRARY(Q3TTS_LIBRARY, m) {
   m.def("linear(Tensor x, Tensor packed, Tensor scales, int out_features, int group, int bits, Tensor? bias) -> Tensor");
   m.def("isa() -> int", &kernel_isa);
+  m.def("snake(Tensor x, Tensor alpha, Tensor inv_beta) -> Tensor");
   m.def("stack_step(Tensor x, Tensor[] params, Tensor[] k_caches, Tensor[] v_caches, Tensor slots, Tensor positions, "
         "Tensor? valid, int width, int tokens, Tensor inv_freq, int heads, int kv_heads, int head_dim, int bits, "
         "int group, float eps, Tensor? final_norm=None, Tensor? head_packed=None, Tensor? head_scales=None, "
@@ -600,4 +695,5 @@ Q3TTS_DEFINE_LIBRARY(Q3TTS_LIBRARY, m) {
 Q3TTS_IMPLEMENT_LIBRARY(Q3TTS_LIBRARY, CPU, m) {
   m.impl("linear", &lowbit_linear);
   m.impl("stack_step", &stack_step);
+  m.impl("snake", &snake);
 }

@@ -104,3 +104,26 @@ def test_stacked_streams_at_different_frames_decode_like_their_own(decoder):
         for i in range(3):
             torch.testing.assert_close(got[i : i + 1], want[i], atol=1e-5, rtol=0)
     assert [s.frames for s in together] == [a.frames for a in alone] == [92, 15, 12]
+
+
+@pytest.mark.parametrize("kernel, dilation", [(7, 3), (1, 1)])
+def test_time_major_conv_is_the_causal_conv(kernel, dilation):
+    """The residual units' convs as shifted matmuls over tap-major weights (the CPU form, row by row,
+    and the batched form other devices run) against torch's conv1d on the zero-padded signal, in the
+    official weight layout, which the relaid parameter still shows to state_dict."""
+    from q3tts.nn.codec.decoder import CausalConv, DecoderStream, shifted_matmuls
+
+    torch.manual_seed(kernel)
+    conv = CausalConv(16, 24, kernel, dilation=dilation)
+    official = conv.conv.weight.detach().clone()
+    conv.relayout_()
+    assert torch.equal(conv.state_dict()["conv.weight"], official) and conv.taps().is_contiguous()
+    x = torch.randn(3, 40, 16)
+    context = (kernel - 1) * dilation
+    padded = torch.nn.functional.pad(x.transpose(1, 2), (context, 0))
+    want = torch.nn.functional.conv1d(padded, official, conv.conv.bias, dilation=dilation).transpose(1, 2)
+    with torch.no_grad():
+        got = conv.forward_time_major(x, DecoderStream(3))
+        batched = shifted_matmuls(padded.transpose(1, 2), conv.taps(), conv.conv.bias, dilation)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched, want, rtol=1e-5, atol=1e-5)

@@ -127,6 +127,16 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
 # --------------------------------------------------------------------------------------
 
 
+def shifted_matmuls(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
+    """A causal conv on a time-major signal whose first (k-1)*dilation steps are its context:
+    x [B, ctx+T, Cin], taps [k, Cin, Cout] -> [B, T, Cout], one batched matmul per tap (GPUs)."""
+    t = x.shape[1] - (taps.shape[0] - 1) * dilation
+    out = torch.matmul(x[:, :t], taps[0]) + bias
+    for j in range(1, taps.shape[0]):
+        out += torch.matmul(x[:, j * dilation : j * dilation + t], taps[j])
+    return out
+
+
 class CausalConv(nn.Module):
     """Conv1d with (k-1)*dilation zeros on the left (stride 1), so output t sees inputs <= t; a stream
     keeps those last inputs instead of the zeros."""
@@ -173,6 +183,8 @@ class CausalConv(nn.Module):
         taps = self.taps()
         b, t = x.shape[0], x.shape[1] - self.context
         d = self.conv.dilation[0]
+        if x.device.type != "cpu":  # a row per call would cost a kernel launch per row
+            return shifted_matmuls(x, taps, self.conv.bias, d)
         out = x.new_empty(b, t, taps.shape[-1])
         for i in range(b):
             xi, yi = x[i], out[i]

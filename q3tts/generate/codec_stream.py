@@ -26,16 +26,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..nn.codec.decoder import CodecDecoder, DecoderStream
+from ..nn.codec.decoder import STEADY_CHUNK_FRAMES, CodecDecoder, DecoderStream
 
 # Frames per chunk after the first (8 = 640 ms of audio): the API's, the server's and the CLI's
-# default. The full-size decoder's cost per frame of audio falls with the chunk, as its low-rate
-# linears run in zero-padded 16-row blocks and read all their weights once per call (measured,
-# 0.6B codec, float32, 1 thread, CPU time, 48 frames, best / median of 3 interleaved runs, ms per
-# frame: chunk 4: 85.9 / 92.6, 8: 75.1 / 75.4, 12: 58.7 / 75.2, 16: 63.6 / 73.3, 24: 63.3 / 70.0;
-# 2 threads, wall, best of 3: 4: 57.3, 8: 43.6). 8 takes most of the gain; longer chunks only
-# delay each later chunk further.
-DEFAULT_CHUNK_FRAMES = 8
+# default, the chunk the decoder's low-rate linears are blocked for (a steady chunk is one call per
+# layer). Measured before that blocking, 0.6B codec, float32, 1 thread, CPU time, 48 frames, best /
+# median of 3 interleaved runs, ms per frame: chunk 4: 85.9 / 92.6, 8: 75.1 / 75.4, 12: 58.7 / 75.2,
+# 16: 63.6 / 73.3, 24: 63.3 / 70.0; with the time-major decoder (16-row blocks), 2 threads, wall,
+# best / median, two runs each: 8: 27.7 / 29.8 and 30.9 / 33.0, 16: 31.7 / 33.8 and 33.6 / 34.3,
+# 24: 33.3 / 34.9 and 38.2 / 40.5 (longer chunks' signals outgrow the caches).
+DEFAULT_CHUNK_FRAMES = STEADY_CHUNK_FRAMES
 
 
 class CodecStream:

@@ -78,17 +78,25 @@ def _with_history(stream: DecoderStream, key: Hashable, x: torch.Tensor, n: int,
     return x
 
 
-GEMM_BLOCK_ROWS = 16  # rows per sgemm call in `linear`
-# The layers at one row a frame (quantizer projection and transformer) get blocks of 8: a whole 8-frame
-# chunk without padding, where MKL reads a 512x1024 weight in 147 us against 262 us at 16 rows (2
-# threads, weights from DRAM); 8-row blocks also round a row the same wherever it sits, beside zeros
-# or data (measured for every low-rate shape). The layers at 2+ rows a frame measured slower at 8.
-FRAME_RATE_BLOCK_ROWS = 8
-# A layer whose input has at least this many rows a frame gets them in one sgemm call: every call then
-# has 32+ rows, where the row results did not depend on the count (measured for the three high-rate
-# transposed convs, 1 to 25 frames against 50, 2 threads), and blocks of 16 there made a streamed
-# decode 3x slower.
+GEMM_BLOCK_ROWS = 16  # rows per sgemm call in `linear`, unless a layer says otherwise
+# The steady chunk (frames) that the low-rate layers' blocks are sized for: a layer at r rows a
+# frame runs in blocks of r * 8 rows, so a steady chunk is one call that reads the weights once,
+# with no padding. Measured against 16-row blocks (2 threads, weights from DRAM): the transformer's
+# 512x1024 weights in 147 against 262 us at 8 rows; at 4 rows a frame, one 32-row call 8.3 against
+# 2 x 6.6 ms for the 1536 -> 768 transposed conv, 4.9 against 2 x 3.7 for the first conv (a 1-frame
+# chunk pays 1.7 and 1.3 ms more). Every such block shape rounds a row the same wherever it sits,
+# beside zeros or data (measured for every low-rate shape, 8, 16 and 32 rows). The codec stream's
+# default chunk is this one (generate/codec_stream.py).
+STEADY_CHUNK_FRAMES = 8
 ONE_CALL_ROWS_PER_FRAME = 32
+
+
+def block_rows_for(rows_per_frame: int) -> Optional[int]:
+    """`linear`'s block for a layer fed rows_per_frame rows a frame (None: one call)."""
+    return rows_per_frame * STEADY_CHUNK_FRAMES if rows_per_frame < ONE_CALL_ROWS_PER_FRAME else None
+
+
+ONE_ROW_BLOCK = block_rows_for(1)  # the quantizer projection and the transformer: a row a frame
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -141,9 +149,11 @@ class CausalConv(nn.Module):
     """Conv1d with (k-1)*dilation zeros on the left (stride 1), so output t sees inputs <= t; a stream
     keeps those last inputs instead of the zeros."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, dilation: int = 1, groups: int = 1, gemm: bool = False):
+    def __init__(self, cin: int, cout: int, kernel: int, dilation: int = 1, groups: int = 1, gemm: bool = False,
+                 rows_per_frame: int = 1):  # fmt: skip
         super().__init__()
         self.conv = nn.Conv1d(cin, cout, kernel, dilation=dilation, groups=groups)
+        self.block_rows = block_rows_for(rows_per_frame)
         self.context = (kernel - 1) * dilation
         # gemm: im2col + one matmul with the weight as stored. For the big convs at low frame rates, where
         # few samples meet many weights, oneDNN's per-call weight reorder would cost more than the conv.
@@ -154,7 +164,7 @@ class CausalConv(nn.Module):
         x = _with_history(stream, self, x, self.context)
         if self.gemm:
             cols = x.unfold(2, self.context + 1, 1)[..., :: self.conv.dilation[0]]  # [B, Cin, T, k]
-            out = linear(cols.transpose(1, 2).flatten(2), self.conv.weight.flatten(1), self.conv.bias)
+            out = linear(cols.transpose(1, 2).flatten(2), self.conv.weight.flatten(1), self.conv.bias, self.block_rows)
             return out if time_major_out else out.transpose(1, 2)
         assert not time_major_out, "only gemm convs write time-major"
         return conv1d(x, self.conv.weight, self.conv.bias, self.conv.dilation[0], self.conv.groups)
@@ -208,7 +218,7 @@ class CausalConvTranspose(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, rows_per_frame: int = 1,
                  time_major: bool = False):  # fmt: skip
         super().__init__()
-        self.block_rows = GEMM_BLOCK_ROWS if rows_per_frame < ONE_CALL_ROWS_PER_FRAME else None
+        self.block_rows = block_rows_for(rows_per_frame)
         if kernel % stride:
             raise ValueError(f"transposed conv kernel {kernel} must be a multiple of its stride {stride}")
         self.conv = nn.ConvTranspose1d(cin, cout, kernel, stride=stride)
@@ -264,8 +274,9 @@ class SnakeBeta(nn.Module):
 
 
 class ConvNeXtBlock(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, rows_per_frame: int = 1):
         super().__init__()
+        self.block_rows = block_rows_for(rows_per_frame)
         self.dwconv = CausalConv(dim, dim, 7, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
@@ -274,7 +285,8 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, stream: DecoderStream) -> torch.Tensor:  # [B, C, T]
         h = self.norm(self.dwconv(x, stream).transpose(1, 2))  # [B, T, C]
-        h = linear(F.gelu(linear(h, self.pwconv1.weight, self.pwconv1.bias)), self.pwconv2.weight, self.pwconv2.bias)
+        h = F.gelu(linear(h, self.pwconv1.weight, self.pwconv1.bias, self.block_rows))
+        h = linear(h, self.pwconv2.weight, self.pwconv2.bias, self.block_rows)
         return x + (self.gamma * h).transpose(1, 2)
 
 
@@ -341,7 +353,7 @@ class ResidualVQ(nn.Module):
         summed = 0
         for i, layer in enumerate(self.vq["layers"]):
             summed = summed + layer["_codebook"](codes[:, i])
-        return linear(summed, self.output_proj.weight[:, :, 0], block_rows=FRAME_RATE_BLOCK_ROWS)
+        return linear(summed, self.output_proj.weight[:, :, 0], block_rows=ONE_ROW_BLOCK)
 
 
 class SplitQuantizer(nn.Module):
@@ -382,7 +394,7 @@ class WindowAttention(nn.Module):
 
     def _project(self, x: torch.Tensor, proj: nn.Linear, heads: int) -> torch.Tensor:  # -> [B, heads, T, D]
         b, t, _ = x.shape
-        return linear(x, proj.weight, proj.bias, FRAME_RATE_BLOCK_ROWS).view(b, t, heads, self.head_dim).transpose(1, 2)
+        return linear(x, proj.weight, proj.bias, ONE_ROW_BLOCK).view(b, t, heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, rope, start: int, stream: DecoderStream) -> torch.Tensor:  # [B, T, hidden]
         b, t, _ = x.shape
@@ -403,7 +415,7 @@ class WindowAttention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
         out = (probs[..., None] * v_win).sum(-2)  # [B, Hkv, rep, T, D]
         out = out.view(b, self.heads, t, self.head_dim).transpose(1, 2).reshape(b, t, -1)
-        return linear(out, self.o_proj.weight, self.o_proj.bias, FRAME_RATE_BLOCK_ROWS)
+        return linear(out, self.o_proj.weight, self.o_proj.bias, ONE_ROW_BLOCK)
 
 
 class FeedForward(nn.Module):
@@ -414,7 +426,7 @@ class FeedForward(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = FRAME_RATE_BLOCK_ROWS
+        rows = ONE_ROW_BLOCK
         h = F.silu(linear(x, self.gate_proj.weight, block_rows=rows)) * linear(x, self.up_proj.weight, block_rows=rows)
         return linear(h, self.down_proj.weight, block_rows=rows)
 
@@ -453,10 +465,10 @@ class DecoderTransformer(nn.Module):
         # Positions continue across chunks; stacked streams ([B] starts) each have their own.
         positions = torch.as_tensor(start, device=x.device).reshape(-1, 1) + torch.arange(x.shape[1], device=x.device)
         rope = rope_tables(positions, self.head_dim, self.rope_theta)
-        x = linear(x, self.input_proj.weight, self.input_proj.bias, FRAME_RATE_BLOCK_ROWS)
+        x = linear(x, self.input_proj.weight, self.input_proj.bias, ONE_ROW_BLOCK)
         for layer in self.layers:
             x = layer(x, rope, start, stream)
-        return linear(self.norm(x), self.output_proj.weight, self.output_proj.bias, FRAME_RATE_BLOCK_ROWS)
+        return linear(self.norm(x), self.output_proj.weight, self.output_proj.bias, ONE_ROW_BLOCK)
 
 
 # --------------------------------------------------------------------------------------
@@ -476,19 +488,28 @@ class CodecDecoder(nn.Module):
         self.samples_per_frame = math.prod(cfg.upsample_rates) * math.prod(cfg.upsampling_ratios)
         latent = cfg.latent_dim
         self.quantizer = SplitQuantizer(cfg)
-        self.pre_conv = CausalConv(cfg.codebook_dim, latent, 3, gemm=True)
+        self.pre_conv = CausalConv(cfg.codebook_dim, latent, 3, gemm=True)  # a row a frame
         self.pre_transformer = DecoderTransformer(cfg)
+        ratios = cfg.upsampling_ratios
         self.upsample = nn.ModuleList(
-            nn.ModuleList([CausalConvTranspose(latent, latent, r, r), ConvNeXtBlock(latent)])
-            for r in cfg.upsampling_ratios
-        )
+            nn.ModuleList([
+                CausalConvTranspose(latent, latent, r, r, rows_per_frame=math.prod(ratios[:i])),
+                ConvNeXtBlock(latent, rows_per_frame=math.prod(ratios[: i + 1])),
+            ])
+            for i, r in enumerate(ratios)
+        )  # fmt: skip
         dims = [cfg.decoder_dim // 2**i for i in range(len(cfg.upsample_rates) + 1)]  # 1536 -> 768 -> ... -> 96
         rows_per_frame = [
             math.prod(cfg.upsampling_ratios) * math.prod(cfg.upsample_rates[:i]) for i in range(len(dims))
         ]
         blocks = [DecoderBlock(dims[i], dims[i + 1], r, rows_per_frame[i]) for i, r in enumerate(cfg.upsample_rates)]
         self.decoder = nn.ModuleList(
-            [CausalConv(latent, dims[0], 7, gemm=True), *blocks, SnakeBeta(dims[-1]), CausalConv(dims[-1], 1, 7)]
+            [
+                CausalConv(latent, dims[0], 7, gemm=True, rows_per_frame=rows_per_frame[0]),
+                *blocks,
+                SnakeBeta(dims[-1]),
+                CausalConv(dims[-1], 1, 7),
+            ]  # fmt: skip
         )
 
     def new_stream(self, batch: int = 1) -> DecoderStream:

@@ -10,7 +10,7 @@ last inputs of each conv, the pending overlap of each transposed conv, the last 
 values of each attention layer, and the frame position). `forward` is the same code on a fresh
 stream. In float32 on CPU the chunks concatenate to the offline decode bit for bit, whatever the
 chunk sizes, because every op below computes a sample the same way however many samples come with
-it (see `linear` and `conv1d` for the two that needed care).
+it (see `linear`, `conv1d` and `CausalConv.forward_time_major` for the ones that needed care).
 
 Positions, unlike the official `chunked_decode` (300-frame windows with 25 frames of context and
 RoPE positions restarting in each window), run 0..T-1 over the whole stream, so beyond 300 frames

@@ -78,7 +78,6 @@ def _with_history(stream: DecoderStream, key: Hashable, x: torch.Tensor, n: int,
     return x
 
 
-GEMM_BLOCK_ROWS = 16  # rows per sgemm call in `linear`, unless a layer says otherwise
 # The steady chunk (frames) that the low-rate layers' blocks are sized for: a layer at r rows a
 # frame runs in blocks of r * 8 rows, so a steady chunk is one call that reads the weights once,
 # with no padding. Measured against 16-row blocks (2 threads, weights from DRAM): the transformer's
@@ -99,8 +98,8 @@ def block_rows_for(rows_per_frame: int) -> Optional[int]:
 ONE_ROW_BLOCK = block_rows_for(1)  # the quantizer projection and the transformer: a row a frame
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-           block_rows: Optional[int] = GEMM_BLOCK_ROWS) -> torch.Tensor:  # fmt: skip
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+           block_rows: Optional[int]) -> torch.Tensor:  # fmt: skip
     """F.linear over the last dim, with each row's result independent of how many rows come along.
 
     MKL's sgemm picks its kernel and how it splits the sum over threads from the call's row count, so
@@ -164,7 +163,9 @@ class CausalConv(nn.Module):
         x = _with_history(stream, self, x, self.context)
         if self.gemm:
             cols = x.unfold(2, self.context + 1, 1)[..., :: self.conv.dilation[0]]  # [B, Cin, T, k]
-            out = linear(cols.transpose(1, 2).flatten(2), self.conv.weight.flatten(1), self.conv.bias, self.block_rows)
+            out = linear(
+                cols.transpose(1, 2).flatten(2), self.conv.weight.flatten(1), self.conv.bias, block_rows=self.block_rows
+            )
             return out if time_major_out else out.transpose(1, 2)
         assert not time_major_out, "only gemm convs write time-major"
         return conv1d(x, self.conv.weight, self.conv.bias, self.conv.dilation[0], self.conv.groups)
@@ -285,8 +286,8 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, stream: DecoderStream) -> torch.Tensor:  # [B, C, T]
         h = self.norm(self.dwconv(x, stream).transpose(1, 2))  # [B, T, C]
-        h = F.gelu(linear(h, self.pwconv1.weight, self.pwconv1.bias, self.block_rows))
-        h = linear(h, self.pwconv2.weight, self.pwconv2.bias, self.block_rows)
+        h = F.gelu(linear(h, self.pwconv1.weight, self.pwconv1.bias, block_rows=self.block_rows))
+        h = linear(h, self.pwconv2.weight, self.pwconv2.bias, block_rows=self.block_rows)
         return x + (self.gamma * h).transpose(1, 2)
 
 
@@ -394,7 +395,9 @@ class WindowAttention(nn.Module):
 
     def _project(self, x: torch.Tensor, proj: nn.Linear, heads: int) -> torch.Tensor:  # -> [B, heads, T, D]
         b, t, _ = x.shape
-        return linear(x, proj.weight, proj.bias, ONE_ROW_BLOCK).view(b, t, heads, self.head_dim).transpose(1, 2)
+        return (
+            linear(x, proj.weight, proj.bias, block_rows=ONE_ROW_BLOCK).view(b, t, heads, self.head_dim).transpose(1, 2)
+        )
 
     def forward(self, x: torch.Tensor, rope, start: int, stream: DecoderStream) -> torch.Tensor:  # [B, T, hidden]
         b, t, _ = x.shape
@@ -415,7 +418,7 @@ class WindowAttention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
         out = (probs[..., None] * v_win).sum(-2)  # [B, Hkv, rep, T, D]
         out = out.view(b, self.heads, t, self.head_dim).transpose(1, 2).reshape(b, t, -1)
-        return linear(out, self.o_proj.weight, self.o_proj.bias, ONE_ROW_BLOCK)
+        return linear(out, self.o_proj.weight, self.o_proj.bias, block_rows=ONE_ROW_BLOCK)
 
 
 class FeedForward(nn.Module):
@@ -465,10 +468,10 @@ class DecoderTransformer(nn.Module):
         # Positions continue across chunks; stacked streams ([B] starts) each have their own.
         positions = torch.as_tensor(start, device=x.device).reshape(-1, 1) + torch.arange(x.shape[1], device=x.device)
         rope = rope_tables(positions, self.head_dim, self.rope_theta)
-        x = linear(x, self.input_proj.weight, self.input_proj.bias, ONE_ROW_BLOCK)
+        x = linear(x, self.input_proj.weight, self.input_proj.bias, block_rows=ONE_ROW_BLOCK)
         for layer in self.layers:
             x = layer(x, rope, start, stream)
-        return linear(self.norm(x), self.output_proj.weight, self.output_proj.bias, ONE_ROW_BLOCK)
+        return linear(self.norm(x), self.output_proj.weight, self.output_proj.bias, block_rows=ONE_ROW_BLOCK)
 
 
 # --------------------------------------------------------------------------------------

@@ -551,21 +551,21 @@ at::Tensor stack_step(const at::Tensor& x_in, at::TensorList params, at::TensorL
     float* vc = v_caches[l].data_ptr<float>();
     const int64_t row_stride = k_caches[l].stride(0), head_stride = k_caches[l].stride(1);
     at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
-     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / T;
-      for (int64_t hh = 0; hh < heads; ++hh) {
-        rms_norm(q.data() + r * QD + hh * D, qn, D, eps);
-        rope(q.data() + r * QD + hh * D, cos_sin.data() + r * D, D);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / T;
+        for (int64_t hh = 0; hh < heads; ++hh) {
+          rms_norm(q.data() + r * QD + hh * D, qn, D, eps);
+          rope(q.data() + r * QD + hh * D, cos_sin.data() + r * D, D);
+        }
+        for (int64_t hh = 0; hh < kv_heads; ++hh) {
+          float* kr = k.data() + r * KD + hh * D;
+          rms_norm(kr, kn, D, eps);
+          rope(kr, cos_sin.data() + r * D, D);
+          std::memcpy(kc + b * row_stride + hh * head_stride + slot[r] * D, kr, D * sizeof(float));
+          std::memcpy(vc + b * row_stride + hh * head_stride + slot[r] * D, v.data() + r * KD + hh * D,
+                      D * sizeof(float));
+        }
       }
-      for (int64_t hh = 0; hh < kv_heads; ++hh) {
-        float* kr = k.data() + r * KD + hh * D;
-        rms_norm(kr, kn, D, eps);
-        rope(kr, cos_sin.data() + r * D, D);
-        std::memcpy(kc + b * row_stride + hh * head_stride + slot[r] * D, kr, D * sizeof(float));
-        std::memcpy(vc + b * row_stride + hh * head_stride + slot[r] * D, v.data() + r * KD + hh * D,
-                    D * sizeof(float));
-      }
-     }
     });
     // Attention of every (row, head): over the slots the row may see.
     at::parallel_for(0, R * heads, 4, [&](int64_t i0, int64_t i1) {
